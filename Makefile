@@ -1,0 +1,29 @@
+# tlresearch: `make demo` (a complete offline training run) and `make test` (the whole suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DATA ?= data/demo-pets
+DEMO_RUN ?= outputs/demo
+
+.PHONY: install demo test test-fast clean
+
+install: $(VENV)/.installed
+
+# Re-install when the dependencies change. pip installs torch from the registry (or the
+# machine's local wheels, where pip is configured with them).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) -m tlresearch.data.generate pets $(DEMO_DATA) --num-classes 6 --images-per-class 40
+	$(PY) -m tlresearch.train +experiment=demo data.root=$(DEMO_DATA) hydra.run.dir=$(DEMO_RUN)
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) outputs multirun data/demo-pets .pytest_cache

@@ -1,0 +1,69 @@
+"""Evaluate a checkpoint on a split: ``python -m tlresearch.evaluate ckpt_path=… data=… data.root=…``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from tlresearch.errors import ConfigError
+from tlresearch.models.classifier import TransferClassifier, load_classifier
+from tlresearch.utils.entry import config_dir, run_task
+from tlresearch.utils.instantiate import instantiate_node
+from tlresearch.utils.io import write_json_atomic
+
+log = logging.getLogger("tlresearch.evaluate")
+SPLITS = ("train", "val", "test")
+
+
+def check_classes_match(model: TransferClassifier, classes: list[str], data_key: str = "data") -> None:
+    """Raise a ConfigError unless the dataset's classes are the checkpoint's."""
+    trained = list(model.hparams.class_names or [])
+    if len(trained) != len(classes):
+        raise ConfigError(
+            f"The checkpoint predicts {len(trained)} classes but `{data_key}` has {len(classes)} "
+            f"({', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}). Evaluate on the dataset it was trained on "
+            "(same data=…, and for pets the same data.target=breed|species)."
+        )
+    if trained != list(classes):
+        log.warning("class names differ between checkpoint and dataset; evaluating by index order")
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Test a checkpoint on ``cfg.split`` of ``cfg.data``; write metrics.json in the run directory."""
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is invalid: use one of {', '.join(SPLITS)}.")
+    pl.seed_everything(cfg.seed, workers=True)
+    model = load_classifier(cfg.ckpt_path)
+    datamodule = instantiate_node(cfg.data, "data")
+    datamodule.set_preprocessing(model.backbone.preprocessing)
+    check_classes_match(model, list(datamodule.classes))
+    datamodule.setup("test" if cfg.split == "test" else "fit")
+    loader = getattr(datamodule, f"{cfg.split}_dataloader")()
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=False, callbacks=[])
+    results = trainer.test(model, dataloaders=loader, verbose=False)
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "split": cfg.split,
+        **{k.replace("test/", f"{cfg.split}/", 1): float(v) for k, v in results[0].items()},
+    }
+    out_dir = Path(cfg.paths.output_dir)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    print("\n".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    print(f"Metrics: {(out_dir / 'metrics.json').resolve()}")
+    return metrics, {"model": model, "datamodule": datamodule, "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Command-line entry point (Hydra)."""
+    return run_task(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

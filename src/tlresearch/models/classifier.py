@@ -1,0 +1,269 @@
+"""TransferClassifier: a pretrained backbone, a new head, a freeze schedule, torchmetrics.
+
+The module is built from plain config dicts (backbone, finetune, optimizer, scheduler), saved
+as hyper-parameters, so a checkpoint alone rebuilds the model (see :func:`load_classifier`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from tlresearch.errors import ConfigError
+from tlresearch.finetune.base import FreezeSchedule, GroupSpec
+from tlresearch.models.backbones import Backbone, Block
+
+log = logging.getLogger(__name__)
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 accuracy, mean per-class accuracy (the transfer-learning literature's metric)
+    and, with more than 5 classes, top-5 accuracy."""
+    metrics: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "mean_class_acc": MulticlassAccuracy(num_classes, average="macro"),
+    }
+    if num_classes > 5:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=f"{prefix}/")
+
+
+class TransferClassifier(pl.LightningModule):
+    """Backbone features -> dropout -> linear head, trained under a freeze schedule.
+
+    Args:
+        backbone: backbone config (``_target_: tlresearch.models.backbones.create_backbone`` ...).
+        num_classes: classes of the new head.
+        finetune: freeze-schedule config (``_target_`` a :class:`FreezeSchedule`).
+        optimizer: optimizer config, a partial (``_partial_: true``) taking param groups; ``lr``
+            is the head's LR, every other group scales it.
+        scheduler: LR-schedule config, a partial of ``tlresearch.models.schedulers`` (or None).
+        class_names: names of the classes, stored in checkpoints for prediction.
+        dropout: dropout before the head.
+        head_init: ``default`` (PyTorch's init) or ``zero`` (BiT's zero-initialised head).
+        label_smoothing: label smoothing of the cross-entropy loss.
+        no_weight_decay_1d: no weight decay on biases and normalisation weights (timm's rule).
+        channels_last: run convolutions in channels_last memory format (faster on GPUs).
+        compile: ``torch.compile`` the backbone.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int,
+        finetune: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_names: list[str] | None = None,
+        dropout: float = 0.0,
+        head_init: str = "default",
+        label_smoothing: float = 0.0,
+        no_weight_decay_1d: bool = True,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names)
+        self.backbone: Backbone = instantiate(backbone)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, num_classes))
+        if head_init == "zero":
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
+        self.schedule: FreezeSchedule = instantiate(finetune)
+        block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
+        self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
+        self._group_blocks: dict[str, Block] = {f"backbone.{b.name}": b for b in self.backbone.blocks}
+        self._trainable_now: set[str] = set()
+        self.apply_schedule(epoch=0)
+
+        self.train_metrics = classification_metrics(num_classes, "train")
+        self.val_metrics = classification_metrics(num_classes, "val")
+        self.test_metrics = classification_metrics(num_classes, "test")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion_matrix: torch.Tensor | None = None
+        # Compiled lazily into a plain attribute, so state_dict keys stay those of the
+        # uncompiled backbone and checkpoints load with or without compilation.
+        object.__setattr__(self, "_backbone_fn", torch.compile(self.backbone) if compile else self.backbone)
+
+    # ------------------------------------------------------------------ freeze schedule
+
+    def apply_schedule(self, epoch: int) -> list[str]:
+        """Set ``requires_grad`` and train/eval modes for ``epoch``; return the groups that
+        started training now."""
+        newly = []
+        for g in self.groups:
+            trains = g.trains_at(epoch)
+            for p in g.params:
+                p.requires_grad_(trains)
+            if trains and g.name not in self._trainable_now:
+                newly.append(g.name)
+                self._trainable_now.add(g.name)
+        self.train(self.training)  # re-apply the BatchNorm policy
+        return newly
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True while no backbone parameter trains (then features need no autograd graph)."""
+        return not any(p.requires_grad for p in self.backbone.model.parameters())
+
+    def train(self, mode: bool = True) -> "TransferClassifier":
+        """Like ``nn.Module.train``, but frozen backbone blocks always stay in eval mode:
+        BatchNorm running statistics never drift and dropout is off in a frozen block."""
+        super().train(mode)
+        if mode:
+            for g in self.groups:
+                block = self._group_blocks.get(g.name)
+                if block is not None and g.name not in self._trainable_now:
+                    for m in self.backbone.block_modules(block):
+                        m.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        newly = self.apply_schedule(self.current_epoch)
+        if newly and self.current_epoch > 0:
+            log.info("epoch %d: unfreezing %s", self.current_epoch, ", ".join(newly))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters and the parameters that train at some point of the schedule."""
+        trainable = sum(p.numel() for g in self.groups if g.start_epoch is not None for p in g.params)
+        total = sum(p.numel() for p in self.backbone.model.parameters()) + sum(p.numel() for p in self.head.parameters())
+        return {"params/trainable": trainable, "params/total": total}
+
+    # ------------------------------------------------------------------ forward & steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features; without an autograd graph while the backbone is frozen."""
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return self._backbone_fn(x)
+        return self._backbone_fn(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, self.val_loss, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        logits = self._eval_step(batch, self.test_metrics, self.test_loss, "test")
+        self.test_confusion.update(logits, batch[1])
+
+    def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss_metric.update(self._loss(logits, y), weight=len(y))
+        metrics.update(logits, y)
+        self.log(f"{stage}/loss", loss_metric, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
+        return logits
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion_matrix = self.test_confusion.compute().cpu()
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=-1)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.hparams.optimizer)
+        base_lr = float(opt_cfg["lr"])
+        optimizer = instantiate(opt_cfg)(self.optimizer_param_groups(base_lr))
+        if not self.hparams.scheduler:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        """One optimizer group per schedule group (split by weight decay), including groups
+        that start frozen: the optimizer and LR scheduler see every group from step one."""
+        out = []
+        for g in self.groups:
+            if g.start_epoch is None:  # never trains: nothing to optimise
+                continue
+            lr = base_lr * g.lr_scale
+            if self.hparams.no_weight_decay_1d:
+                decay = [p for p in g.params if p.ndim > 1]
+                no_decay = [p for p in g.params if p.ndim <= 1]
+                out += [{"params": decay, "lr": lr, "name": g.name}] if decay else []
+                out += [{"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{g.name}.no_decay"}] if no_decay else []
+            else:
+                out.append({"params": g.params, "lr": lr, "name": g.name})
+        return out
+
+
+def _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names) -> None:
+    if num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
+    if lr is None or float(lr) <= 0:
+        raise ConfigError(f"optimizer.lr={lr} is invalid: the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout={dropout} is invalid: use a probability in [0, 1).")
+    if head_init not in {"default", "zero"}:
+        raise ConfigError(f"model.head_init={head_init!r} is invalid: use 'default' or 'zero'.")
+    if not 0 <= label_smoothing < 1:
+        raise ConfigError(f"model.label_smoothing={label_smoothing} is invalid: use a value in [0, 1).")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ConfigError(f"{len(class_names)} class names were given for num_classes={num_classes}.")
+
+
+def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TransferClassifier:
+    """Rebuild a :class:`TransferClassifier` from a checkpoint written by ``tlresearch.train``.
+
+    The backbone is rebuilt without downloading pretrained weights (the checkpoint holds the
+    trained ones). The file is read with ``torch.load(weights_only=True)``: no pickled code runs.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} does not exist; pass a checkpoint written by tlresearch.train.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise ConfigError(
+            f"ckpt_path={str(ckpt_path)!r} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}). "
+            "Is the file complete (not truncated by a crash or a partial copy)?"
+        ) from exc
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hparams or "backbone" not in hparams or "state_dict" not in ckpt:
+        raise ConfigError(
+            f"ckpt_path={str(ckpt_path)!r} is not a tlresearch classifier checkpoint (no backbone hyper-parameters); "
+            "pass a checkpoint from a tlresearch.train run directory (checkpoints/*.ckpt)."
+        )
+    hparams = dict(hparams)
+    hparams["backbone"] = {**hparams["backbone"], "weights": None}
+    hparams["compile"] = False
+    model = TransferClassifier(**hparams)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

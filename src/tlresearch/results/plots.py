@@ -1,0 +1,228 @@
+"""PNG plots of runs: training curves, confusion matrices and result-table bar charts.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, never through ``pyplot``:
+no global backend or figure state is touched (safe in DataLoader workers, threads and
+headless machines), and nothing stays open after a call. Every PNG is written atomically
+(:func:`tlresearch.utils.io.atomic_write`), so a crash never leaves half an image.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tlresearch.errors import ConfigError
+from tlresearch.utils.io import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from tlresearch.results.table import Table
+
+_X_COLUMNS = ("step", "epoch")
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def read_metrics_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read Lightning's CSVLogger ``metrics.csv`` into ``{column: float array}``, NaN for blanks.
+
+    Lightning writes one row per logging call with blanks for the columns not logged then,
+    so most cells are empty; non-numeric cells also become NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: pass the metrics.csv written by Lightning's CSVLogger "
+                          "(in the run directory under csv/…/metrics.csv).")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        names = [n for n in (reader.fieldnames or []) if n]
+        columns: dict[str, list[float]] = {n: [] for n in names}
+        for row in reader:
+            for name in names:
+                columns[name].append(_to_float(row.get(name)))
+    return {name: np.asarray(values, dtype=float) for name, values in columns.items()}
+
+
+def _to_float(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Plot the loss and accuracy curves of a run (plus learning rates when logged) to a PNG.
+
+    Works with whatever columns exist: every column with "loss" in its name goes to the loss
+    panel, every accuracy-like column (acc, top5, f1, …) to the accuracy panel, ``lr-*``
+    columns to a learning-rate panel. The x axis is the global ``step`` (``epoch`` when there
+    is no step), so per-step and per-epoch series share one axis. Returns ``out_png``.
+    """
+    from tlresearch.results.table import is_accuracy_like
+
+    data = read_metrics_csv(metrics_csv)
+    x_name, x = _x_axis(data)
+    series = {n: v for n, v in data.items() if n not in _X_COLUMNS and np.isfinite(v).any()}
+    panels: list[tuple[str, list[str]]] = [
+        ("loss", [n for n in series if "loss" in n.lower()]),
+        ("accuracy", [n for n in series if "loss" not in n.lower() and is_accuracy_like(n)]),
+    ]
+    lr_columns = [n for n in series if n.lower().startswith("lr-") or n.lower() in ("lr", "learning_rate")]
+    if lr_columns:
+        panels.append(("learning rate", lr_columns))
+
+    fig = _figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, names) in zip(axes, panels):
+        _plot_series(ax, x, {n: series[n] for n in names}, title, x_name)
+        if title == "learning rate" and all((series[n][np.isfinite(series[n])] > 0).all() for n in names):
+            ax.set_yscale("log")  # schedules span decades (warm-up, cosine to ~0)
+    fig.suptitle(Path(metrics_csv).parent.name or "training curves", fontsize=10)
+    return _save(fig, out_png)
+
+
+def _x_axis(data: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    for name in _X_COLUMNS:
+        if name in data and np.isfinite(data[name]).any():
+            return name, data[name]
+    length = len(next(iter(data.values()), []))
+    return "row", np.arange(length, dtype=float)
+
+
+def _plot_series(ax: Axes, x: np.ndarray, series: dict[str, np.ndarray], title: str, x_name: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_name)
+    if not series:
+        ax.text(0.5, 0.5, f"no {title} columns in metrics.csv", ha="center", va="center",
+                transform=ax.transAxes, fontsize=9, color="0.4")
+        return
+    for name, y in series.items():
+        keep = np.isfinite(x) & np.isfinite(y)
+        per_step = name.endswith("_step")
+        # Per-step series are noisy and dense: thin and faint, so the epoch curves stay readable.
+        ax.plot(x[keep], y[keep], label=name, linewidth=0.8 if per_step else 1.6,
+                alpha=0.45 if per_step else 1.0, marker=None if per_step or keep.sum() > 30 else "o",
+                markersize=3)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+
+
+def plot_confusion_matrix(matrix: Any, class_names: Sequence[str], out_png: str | os.PathLike,
+                          normalize: bool = True, title: str | None = None) -> Path:
+    """Plot a confusion matrix (rows: true class, columns: predicted) with class names on both axes.
+
+    With ``normalize`` each row is divided by its sum (a class with no samples stays 0), so
+    the diagonal reads as per-class recall. The figure grows with the number of classes and
+    the tick labels shrink and rotate, so 37 pet breeds stay readable; cell values are
+    written in the cells only up to 20 classes. Returns ``out_png``.
+    """
+    m = _as_array(matrix)
+    k = len(class_names)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"confusion matrix must be square, got shape {m.shape}")
+    if m.shape[0] != k:
+        raise ValueError(f"confusion matrix is {m.shape[0]}x{m.shape[0]} but {k} class names were given")
+    if normalize:
+        sums = m.sum(axis=1, keepdims=True)
+        m = np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
+
+    side = float(min(30.0, max(5.0, 0.32 * k + 3.0)))
+    fontsize = float(max(5.0, min(10.0, 240.0 / max(k, 1))))
+    fig = _figure(figsize=(side + 1.0, side))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None, interpolation="nearest")
+    ticks = np.arange(k)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels([str(c) for c in class_names], rotation=90, fontsize=fontsize)
+    ax.set_yticklabels([str(c) for c in class_names], fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix"), fontsize=11)
+    if k <= 20:
+        threshold = (np.nanmax(m) if m.size else 0) / 2
+        for i in range(k):
+            for j in range(k):
+                text = f"{m[i, j]:.2f}" if normalize else f"{m[i, j]:g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize * 0.8,
+                        color="white" if m[i, j] > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    return _save(fig, out_png)
+
+
+def _as_array(matrix: Any) -> np.ndarray:
+    if hasattr(matrix, "detach"):  # a torch tensor, possibly on a GPU
+        matrix = matrix.detach().cpu().numpy()
+    return np.asarray(matrix, dtype=float)
+
+
+# ----------------------------------------------------------------------------- result tables
+
+
+def plot_table(table: Table, out_png: str | os.PathLike) -> Path:
+    """A grouped bar chart of a result table: one group per row, one bar per column, ±std bars.
+
+    A cell with no value is drawn as no bar with its reason (``failed``, ``missing``) written
+    at the base; an incomplete cell is annotated with ``n=values/runs``. Returns ``out_png``.
+    """
+    from tlresearch.results.table import cell_parts, format_label
+
+    n_rows, n_cols = max(1, len(table.rows)), max(1, len(table.cols))
+    width = 0.8 / n_cols
+    fig = _figure(figsize=(min(30.0, max(6.0, 0.9 * n_rows * max(1.0, n_cols * 0.6) + 2.0)), 4.8))
+    ax = fig.add_subplot(1, 1, 1)
+    centers = np.arange(len(table.rows), dtype=float)
+    for j, col in enumerate(table.cols):
+        xs = centers - 0.4 + width * (j + 0.5)
+        cells = [table.cell(row, col) for row in table.rows]
+        heights = [c.mean if c.mean is not None and math.isfinite(c.mean) else 0.0 for c in cells]
+        errors = [c.std or 0.0 for c in cells]
+        label = ", ".join(f"{k}={format_label(v)}" for k, v in zip(table.col_keys, col)) or table.metric
+        ax.bar(xs, heights, width=width * 0.95, yerr=errors, capsize=3, label=label)
+        for x, cell in zip(xs, cells):
+            number, note = cell_parts(table, cell)
+            if number is None and cell.total:
+                ax.text(x, 0, note.split(" (")[0], rotation=90, ha="center", va="bottom", fontsize=7, color="0.3")
+            elif cell.incomplete:
+                top = (cell.mean or 0.0) + (cell.std or 0.0)
+                ax.text(x, top, f"n={cell.n}/{cell.total}", ha="center", va="bottom", fontsize=7, color="0.3")
+    ax.set_xticks(centers)
+    labels = [", ".join(format_label(v) for v in row) or "all runs" for row in table.rows]
+    ax.set_xticklabels(labels, rotation=30 if len(table.rows) > 4 else 0, ha="right" if len(table.rows) > 4 else "center",
+                       fontsize=8)
+    ax.set_xlabel(", ".join(table.row_keys))
+    ax.set_ylabel(f"{table.metric} ({table.unit})" if table.unit else table.metric)
+    ax.set_title(f"{table.metric}: mean ± sample std over runs", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    if table.col_keys:
+        ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=100, layout="constrained")
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    out = Path(out_png)
+    # The temporary file has no .png suffix: name the format explicitly.
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    return out
+

@@ -1,0 +1,88 @@
+"""Result tables from run directories: ``python -m tlresearch.table DIR… [options]``.
+
+Examples::
+
+    python -m tlresearch.table multirun/2024-05-01/12-00-00
+    python -m tlresearch.table multirun/ --rows backbone --cols finetune --format latex
+    python -m tlresearch.table outputs/ --metric test/acc --plot acc.png --show-runs
+
+The table goes to stdout; warnings (e.g. runs with different settings averaged together)
+and errors go to stderr. A user mistake (no runs, unknown metric or key) exits with status 2
+and a one-paragraph message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from tlresearch.errors import ConfigError
+from tlresearch.results.records import find_runs
+from tlresearch.results.table import DEFAULT_METRIC, FORMATS, build_table, render
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface (also used to document the options)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlresearch.table",
+        description="Tabulate a metric over run directories: one cell per (row, column) setting, "
+                    "mean ± sample std over its runs (seeds), failed and missing runs counted.",
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR",
+                        help="run directories, sweep directories (multirun/DATE/TIME) or folders holding them")
+    parser.add_argument("--rows", type=_key_list, default=None, metavar="KEY[,KEY…]",
+                        help="keys for the rows: config paths (optimizer.lr), config groups (backbone) or "
+                             "metrics; default: the keys that vary across runs, seed excluded")
+    parser.add_argument("--cols", type=_key_list, default=None, metavar="KEY[,KEY…]",
+                        help="keys for the columns (default: a single column)")
+    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"metrics.json key (default: {DEFAULT_METRIC})")
+    parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default: markdown)")
+    parser.add_argument("--plot", metavar="FILE", default=None, help="also write a grouped bar chart PNG to FILE")
+    parser.add_argument("--show-runs", action="store_true",
+                        help="list the run directories behind each cell (provenance)")
+    parser.add_argument("--percent", action=argparse.BooleanOptionalAction, default=None,
+                        help="show fractions in [0, 1] as percentages (default: for accuracy-like metrics)")
+    parser.add_argument("--goal", choices=("max", "min"), default=None,
+                        help="which mean is best (bold); default: min for losses/errors/times, else max")
+    parser.add_argument("--decimals", type=int, default=None, help="digits after the decimal point")
+    return parser
+
+
+def _key_list(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0, or 2 for a user mistake)."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs = find_runs(args.dirs)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        if not runs:
+            raise ConfigError(
+                f"no runs found under {', '.join(args.dirs)}: a run directory is one that holds Hydra's .hydra/ "
+                "folder (train writes it into outputs/DATE/TIME/ or multirun/DATE/TIME/N/); pass such a directory "
+                "or a folder above it."
+            )
+        table = build_table(runs, metric=args.metric, rows=args.rows, cols=args.cols, percent=args.percent,
+                            goal=args.goal, decimals=args.decimals)
+        for message in table.warnings:
+            print(f"warning: {message}", file=sys.stderr)
+        sys.stdout.write(render(table, args.format, show_runs=args.show_runs))
+        if args.plot:
+            from tlresearch.results.plots import plot_table
+
+            print(f"wrote {plot_table(table, args.plot)}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

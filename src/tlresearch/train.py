@@ -1,0 +1,168 @@
+"""Train a transfer-learning classifier: ``python -m tlresearch.train backbone=resnet50 data=pets``.
+
+:func:`train` is the pure task (config in, metrics and objects out); :func:`main` is the thin
+Hydra wrapper. After fitting, the best checkpoint is tested and the run directory receives
+``metrics.json``, ``provenance.json``, ``checkpoints/`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+
+from tlresearch.callbacks import ThroughputMonitor
+from tlresearch.errors import ConfigError
+from tlresearch.models.classifier import TransferClassifier
+from tlresearch.results.provenance import provenance_record
+from tlresearch.utils.entry import config_dir, run_task
+from tlresearch.utils.instantiate import instantiate_group, instantiate_node
+from tlresearch.utils.io import write_json_atomic
+
+log = logging.getLogger("tlresearch.train")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, test with the best checkpoint, and write the run directory's records.
+
+    Returns ``(metrics, objects)``: the flat metrics written to ``metrics.json`` and the
+    trainer, model and datamodule.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate_node(cfg.data, "data")
+    model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
+    datamodule.set_preprocessing(model.backbone.preprocessing)
+
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = instantiate_node(
+        cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False
+    )
+    for lg in loggers.values():
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, out_dir))
+    fit_s = time.perf_counter() - start
+
+    metrics = fit_metrics(trainer, model, callbacks, fit_s)
+    if cfg.test_after_fit and not trainer.interrupted:
+        metrics.update(test_best(trainer, model, datamodule, callbacks))
+    write_run_records(out_dir, cfg, metrics, model, datamodule)
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+
+
+def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) -> TransferClassifier:
+    """The TransferClassifier of a training config (everything from plain config dicts)."""
+
+    def plain(node) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    return TransferClassifier(
+        backbone=plain(cfg.backbone),
+        num_classes=num_classes,
+        class_names=class_names,
+        finetune=plain(cfg.finetune),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")) or None,
+        **plain(cfg.get("model") or {}),
+    )
+
+
+def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=auto`` this run
+    directory's ``checkpoints/last.ckpt`` when there is one."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; pass a checkpoint file or drop ckpt_path.")
+        return str(path)
+    resume = cfg.get("resume")
+    if resume in (None, False, "none", "null"):
+        return None
+    if resume != "auto":
+        raise ConfigError(f"resume={resume!r} is invalid: use resume=auto (or ckpt_path=<file> for a given checkpoint).")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.info("resume=auto: no %s yet, starting a fresh run", last)
+    return None
+
+
+def _checkpoint_callback(callbacks: dict[str, pl.Callback]) -> ModelCheckpoint | None:
+    return next((c for c in callbacks.values() if isinstance(c, ModelCheckpoint)), None)
+
+
+def fit_metrics(
+    trainer: pl.Trainer, model: TransferClassifier, callbacks: dict[str, pl.Callback], fit_s: float
+) -> dict[str, Any]:
+    """Metrics of the fit: status, epochs, parameter counts, time, throughput, best validation."""
+    metrics: dict[str, Any] = {
+        "status": "interrupted" if trainer.interrupted else "completed",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        **model.parameter_counts(),
+        "time/fit_s": fit_s,
+    }
+    throughput = next((c for c in callbacks.values() if isinstance(c, ThroughputMonitor)), None)
+    if throughput is not None:
+        metrics["throughput/train_img_s"] = throughput.images_per_second
+    for key, value in trainer.callback_metrics.items():
+        if key.startswith("val/"):
+            metrics[key] = float(value)
+    ckpt = _checkpoint_callback(callbacks)
+    if ckpt is not None and ckpt.best_model_score is not None:
+        metrics[f"val/best_{ckpt.monitor.split('/', 1)[-1]}"] = float(ckpt.best_model_score)
+        metrics["best_checkpoint"] = ckpt.best_model_path
+    return metrics
+
+
+def test_best(trainer: pl.Trainer, model: TransferClassifier, datamodule, callbacks: dict[str, pl.Callback]) -> dict[str, Any]:
+    """Test the best checkpoint (or the final weights when none was selected)."""
+    ckpt = _checkpoint_callback(callbacks)
+    ckpt_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    out = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    out["test/checkpoint"] = ckpt_path or "final weights"
+    return out
+
+
+@rank_zero_only
+def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], model: TransferClassifier, datamodule) -> None:
+    """metrics.json, provenance.json, the confusion matrix and the plots; then say where they are."""
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(
+        out_dir / "provenance.json",
+        provenance_record(datamodule.describe(), {"backbone": model.backbone.describe(), "schedule": model.schedule.describe()}),
+    )
+    from tlresearch.results import plots
+
+    csv = out_dir / "csv" / "metrics.csv"
+    if csv.is_file():
+        plots.plot_training_curves(csv, out_dir / "training_curves.png")
+    if model.test_confusion_matrix is not None:
+        matrix = model.test_confusion_matrix.tolist()
+        write_json_atomic(out_dir / "confusion_matrix.json", {"classes": list(datamodule.classes), "matrix": matrix})
+        plots.plot_confusion_matrix(model.test_confusion_matrix.numpy(), list(datamodule.classes), out_dir / "confusion_matrix.png")
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))
+    print(f"\nTest: {summary or 'not run'}\nRun directory: {out_dir.resolve()}\nMetrics: {(out_dir / 'metrics.json').resolve()}")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Command-line entry point (Hydra)."""
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
