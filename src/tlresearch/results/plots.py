@@ -86,7 +86,8 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
         _plot_series(ax, x, {n: series[n] for n in names}, title, x_name)
         if title == "learning rate" and all((series[n][np.isfinite(series[n])] > 0).all() for n in names):
             ax.set_yscale("log")  # schedules span decades (warm-up, cosine to ~0)
-    fig.suptitle(Path(metrics_csv).parent.name or "training curves", fontsize=10)
+    # e.g. "12-00-00/3/csv/version_0": enough of the path to tell runs apart
+    fig.suptitle("/".join(Path(metrics_csv).resolve().parts[-5:-1]) or "training curves", fontsize=10)
     return _save(fig, out_png)
 
 
@@ -188,7 +189,8 @@ def plot_table(table: Table, out_png: str | os.PathLike) -> Path:
         xs = centers - 0.4 + width * (j + 0.5)
         cells = [table.cell(row, col) for row in table.rows]
         heights = [c.mean if c.mean is not None and math.isfinite(c.mean) else 0.0 for c in cells]
-        errors = [c.std or 0.0 for c in cells]
+        # n < 2: no error bar at all (a zero-length one would claim a std of 0)
+        errors = [c.std if c.std is not None else math.nan for c in cells]
         label = ", ".join(f"{k}={format_label(v)}" for k, v in zip(table.col_keys, col)) or table.metric
         ax.bar(xs, heights, width=width * 0.95, yerr=errors, capsize=3, label=label)
         for x, cell in zip(xs, cells):
@@ -200,8 +202,8 @@ def plot_table(table: Table, out_png: str | os.PathLike) -> Path:
                 ax.text(x, top, f"n={cell.n}/{cell.total}", ha="center", va="bottom", fontsize=7, color="0.3")
     ax.set_xticks(centers)
     labels = [", ".join(format_label(v) for v in row) or "all runs" for row in table.rows]
-    ax.set_xticklabels(labels, rotation=30 if len(table.rows) > 4 else 0, ha="right" if len(table.rows) > 4 else "center",
-                       fontsize=8)
+    crowded = len(table.rows) > 4
+    ax.set_xticklabels(labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
     ax.set_xlabel(", ".join(table.row_keys))
     ax.set_ylabel(f"{table.metric} ({table.unit})" if table.unit else table.metric)
     ax.set_title(f"{table.metric}: mean ± sample std over runs", fontsize=10)

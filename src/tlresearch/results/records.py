@@ -66,7 +66,7 @@ class Run:
     choices: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     metrics: dict[str, Any] | None = None
-    status: str = "missing"
+    status: Status = "missing"
     sweep_dir: Path | None = None
     job_num: int | None = None
     exists: bool = True
@@ -115,7 +115,8 @@ class Run:
         """A short human-readable line: path and status (with the error of a failed run)."""
         where = str(self.path)
         if not self.exists:
-            return f"{where} (missing: no run directory; expected by {MULTIRUN_FILE}: {' '.join(self.overrides)})"
+            expected = " ".join(self.overrides)
+            return f"{where} (missing: no run directory; expected by {MULTIRUN_FILE}: {expected})"
         if self.status == "missing":
             return f"{where} (missing: no {METRICS_FILE})"
         if self.error:
@@ -141,12 +142,15 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Run]:
     for raw in paths:
         root = Path(raw)
         if not root.exists():
-            raise ConfigError(f"{root} does not exist: pass run directories, sweep directories or a folder holding them.")
-        for run_dir, sweep_dir in _walk(root.resolve()):
-            if run_dir is None:
-                sweeps[sweep_dir] = None  # type: ignore[index]
-            elif run_dir not in runs:
-                runs[run_dir] = load_run(run_dir, sweep_dir=sweep_dir)
+            raise ConfigError(f"{root} does not exist: pass run directories, sweep directories "
+                              "or a folder holding them.")
+        for kind, path, sweep_dir in _walk(root.resolve()):
+            if kind == "sweep":
+                sweeps[path] = None
+            elif path not in runs:
+                runs[path] = load_run(path, sweep_dir=sweep_dir)
+            elif runs[path].sweep_dir is None:  # first reached alone, now through its sweep
+                runs[path].sweep_dir = sweep_dir
     found = list(runs.values())
     for sweep_dir in sweeps:
         members = [r for r in found if r.sweep_dir == sweep_dir]
@@ -159,25 +163,25 @@ def is_run_dir(path: Path) -> bool:
     return (path / HYDRA_DIR).is_dir()
 
 
-def _walk(root: Path) -> Iterator[tuple[Path | None, Path | None]]:
-    """Yield ``(run_dir, sweep_dir)`` for each run under ``root`` and ``(None, sweep_dir)`` per sweep.
+def _walk(root: Path) -> Iterator[tuple[str, Path, Path | None]]:
+    """Yield ``("run", run_dir, its sweep_dir or None)`` per run and ``("sweep", sweep_dir, None)``.
 
     Does not descend into run directories (their checkpoints and logs hold no runs) nor into
     hidden folders.
     """
     if root.is_file():
         root = root.parent  # e.g. a metrics.json or multirun.yaml passed by shell glob
-    sweep_stack: list[Path] = []
+    sweep_stack: list[Path] = []  # the sweep directories above the current folder
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        while sweep_stack and sweep_stack[-1] not in here.parents and sweep_stack[-1] != here:
+        while sweep_stack and sweep_stack[-1] != here and sweep_stack[-1] not in here.parents:
             sweep_stack.pop()
         if MULTIRUN_FILE in filenames:
             sweep_stack.append(here)
-            yield None, here
+            yield "sweep", here, None
         if HYDRA_DIR in dirnames and (here / HYDRA_DIR).is_dir():
             dirnames[:] = []
-            yield here, (sweep_stack[-1] if sweep_stack and sweep_stack[-1] != here else None)
+            yield "run", here, next((s for s in reversed(sweep_stack) if s != here), None)
             continue
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
 

@@ -355,9 +355,11 @@ def mixed_cell_warnings(cells: Sequence[Cell] | Any, grouped_keys: Sequence[str]
         for key in keys:
             if key in grouped_keys or _is_seed(key) or key.startswith("hydra"):
                 continue
-            values = {r.override_dict.get(key) for r in cell.runs}
+            # Compare resolved values: "optimizer.lr=0.01" in one run and the 0.01 default in
+            # another are the same setting.
+            values = {_hashable(_safe_value(r, key)) for r in cell.runs}
             if len(values) > 1:
-                spread.setdefault(key, set()).update(values)
+                spread.setdefault(key, set()).update(format_label(v) for v in values)
     return [
         f"runs averaged into the same cell differ in {key!r} (values: "
         f"{', '.join(sorted(str(v) for v in values))}); add it to --rows or --cols to separate them."
