@@ -17,6 +17,7 @@ Nothing else in the code base asks which library a backbone came from.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -348,8 +349,8 @@ def _call_with_download_errors(build: Callable[[], nn.Module], source: str | Non
             f"network access. Download the file on a connected machine and copy it into {cache}/ "
             "(torch's hub cache; set TORCH_HOME to move it), or train from scratch with backbone.weights=null."
         ) from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        if source is None or not _looks_like_bad_checkpoint(exc):
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        if source is None or not (isinstance(exc, pickle.UnpicklingError) or _looks_like_bad_checkpoint(exc)):
             raise
         raise ConfigError(
             f"The cached pretrained weights for {source} could not be read ({exc}). Delete the file from "

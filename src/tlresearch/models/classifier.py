@@ -75,6 +75,9 @@ class TransferClassifier(pl.LightningModule):
         self.save_hyperparameters()
         _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names)
         self.backbone: Backbone = instantiate(backbone)
+        # The ImageNet head plays no part in transfer: dropping it keeps it out of checkpoints,
+        # parameter counts and DDP's unused-parameter check.
+        self.backbone.pretrained_head = None
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.num_features, num_classes))
         if head_init == "zero":
             nn.init.zeros_(self.head[1].weight)

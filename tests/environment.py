@@ -1,0 +1,32 @@
+"""Test isolation shared by every test folder: no user caches, no network services."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_caches(tmp_path_factory):
+    """Point torch's hub cache, W&B and our caches at a temporary folder for the whole session,
+    so tests neither read nor pollute the user's caches (and the pretrained-weights tests
+    seed the hub cache themselves)."""
+    root = tmp_path_factory.mktemp("caches")
+    values = {
+        "TORCH_HOME": str(root / "torch"),
+        "TLRESEARCH_CACHE": str(root / "tlresearch"),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(root / "wandb"),
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    (root / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

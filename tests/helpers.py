@@ -1,0 +1,47 @@
+"""Compose task configs through Hydra's compose API, as the entry points would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from tlresearch.utils.entry import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small, fast defaults for CPU tests: tiny inputs, no progress bars, a couple of epochs.
+FAST = [
+    "backbone=resnet18",
+    "backbone.weights=null",
+    "backbone.input_size=64",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "data.num_workers=0",
+    "data.batch_size=16",
+]
+
+
+def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictConfig:
+    """The config ``python -m tlresearch.<config_name> <overrides>`` would run with, writing to ``out_dir``."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=[*overrides, f"hydra.run.dir={out_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        del cfg.hydra
+    return cfg
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
