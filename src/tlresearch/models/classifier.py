@@ -7,13 +7,13 @@ as hyper-parameters, so a checkpoint alone rebuilds the model (see :func:`load_c
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -21,8 +21,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tlresearch.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbones import Backbone, Block
+from tlresearch.utils.instantiate import instantiate_node
+from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 
 log = logging.getLogger(__name__)
+
+# Frozen blocks are in eval mode on purpose (the BatchNorm policy below); Lightning's warning
+# about modules in eval mode at the start of training would only alarm users.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -52,7 +58,8 @@ class TransferClassifier(pl.LightningModule):
         head_init: ``default`` (PyTorch's init) or ``zero`` (BiT's zero-initialised head).
         label_smoothing: label smoothing of the cross-entropy loss.
         no_weight_decay_1d: no weight decay on biases and normalisation weights (timm's rule).
-        channels_last: run convolutions in channels_last memory format (faster on GPUs).
+        channels_last: ``"auto"`` (on for convolutional backbones on CUDA), ``True`` or ``False``:
+            run the backbone in channels_last memory format, converted once in :meth:`setup`.
         compile: ``torch.compile`` the backbone.
     """
 
@@ -68,13 +75,15 @@ class TransferClassifier(pl.LightningModule):
         head_init: str = "default",
         label_smoothing: float = 0.0,
         no_weight_decay_1d: bool = True,
-        channels_last: bool = False,
+        channels_last: bool | str = "auto",
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names)
-        self.backbone: Backbone = instantiate(backbone)
+        check_channels_last(channels_last)
+        self._channels_last = False  # resolved for the device in setup()
+        self.backbone: Backbone = instantiate_node(backbone, "backbone")
         # The ImageNet head plays no part in transfer: dropping it keeps it out of checkpoints,
         # parameter counts and DDP's unused-parameter check.
         self.backbone.pretrained_head = None
@@ -82,7 +91,7 @@ class TransferClassifier(pl.LightningModule):
         if head_init == "zero":
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
-        self.schedule: FreezeSchedule = instantiate(finetune)
+        self.schedule: FreezeSchedule = instantiate_node(finetune, "finetune")
         block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
         self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
         self._group_blocks: dict[str, Block] = {f"backbone.{b.name}": b for b in self.backbone.blocks}
@@ -148,9 +157,19 @@ class TransferClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def setup(self, stage: str) -> None:
+        """Convert the backbone to channels_last before the strategy moves and wraps it (DDP
+        must see the final memory format), when ``channels_last`` wants it on this device."""
+        self._channels_last = channels_last_wanted(self.hparams.channels_last, self.backbone, self.trainer.strategy.root_device)
+        if self._channels_last:
+            to_channels_last(self.backbone)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features; without an autograd graph while the backbone is frozen."""
-        if self.hparams.channels_last and x.ndim == 4:
+        """Backbone features; without an autograd graph while the backbone is frozen.
+        ``[N, F]`` inputs already are features (the feature cache): they pass straight through."""
+        if x.ndim == 2:
+            return x
+        if self._channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.backbone_frozen:
             with torch.no_grad():
@@ -200,12 +219,12 @@ class TransferClassifier(pl.LightningModule):
     def configure_optimizers(self):
         opt_cfg = dict(self.hparams.optimizer)
         base_lr = float(opt_cfg["lr"])
-        optimizer = instantiate(opt_cfg)(self.optimizer_param_groups(base_lr))
+        optimizer = instantiate_node(opt_cfg, "optimizer")(self.optimizer_param_groups(base_lr))
         if not self.hparams.scheduler:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        scheduler = instantiate_node(self.hparams.scheduler, "scheduler")(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_param_groups(self, base_lr: float) -> list[dict[str, Any]]:

@@ -1,0 +1,93 @@
+"""The command lines a user types: evaluate, predict, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import FAST, compose_cfg, run_cli
+from tlresearch.errors import ConfigError
+from tlresearch.evaluate import evaluate
+from tlresearch.predict import predict
+from tlresearch.train import train
+
+
+@pytest.fixture(scope="module")
+def trained_run(pets_root, tmp_path_factory) -> Path:
+    """A tiny completed training run on the generated pets dataset."""
+    out = tmp_path_factory.mktemp("trained")
+    train(compose_cfg("train", [*FAST, f"data.root={pets_root}", "trainer.max_epochs=1"], out))
+    return out
+
+
+def test_evaluate_reproduces_the_test_metrics_of_training(trained_run, pets_root, tmp_path):
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    cfg = compose_cfg("evaluate", [f"ckpt_path={trained['best_checkpoint']}", f"data.root={pets_root}",
+                                   "data.num_workers=0", "trainer.enable_progress_bar=false"], tmp_path)
+    metrics, _ = evaluate(cfg)
+    assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert metrics["test/mean_class_acc"] == pytest.approx(trained["test/mean_class_acc"], abs=1e-6)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(trained_run, pets_root, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.root={pets_root}", "data.target=species"], tmp_path)
+    with pytest.raises(ConfigError, match="predicts 6 classes.*has 2"):
+        evaluate(cfg)
+
+
+def test_predict_prints_top_k_with_probabilities(trained_run, pets_root, tmp_path, capsys):
+    images = sorted((pets_root / "oxford-iiit-pet" / "images").glob("*.jpg"))[:2]
+    cfg = compose_cfg("predict", [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+                                  f"images=[{images[0]},{images[1]}]", "top_k=3"], tmp_path)
+    _, objects = predict(cfg)
+    preds = objects["predictions"]
+    assert len(preds) == 2
+    for top in preds.values():
+        probs = [d["prob"] for d in top]
+        assert len(top) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert str(images[0]) in capsys.readouterr().out
+    assert json.loads((tmp_path / "predictions.json").read_text()) == preds
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [(b"", "could not be read"), (b"garbage" * 100, "could not be read"), (None, "does not exist")],
+)
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, fragment):
+    ckpt = tmp_path / "model.ckpt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    cfg = compose_cfg("predict", [f"ckpt_path={ckpt}", "images=[x.jpg]"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=fragment):
+        predict(cfg)
+
+
+def test_predict_names_an_image_that_does_not_decode(trained_run, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    cfg = compose_cfg("predict", [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", f"images=[{bad}]"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="bad.jpg.*could not be decoded"):
+        predict(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, fragment, code",
+    [
+        (["backbone.name=resnet5"], "Did you mean: resnet50", 2),
+        (["data=petz"], "Could not find 'data/petz'", 1),
+        (["data.download=false"], "data.download", 2),
+    ],
+)
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, args, fragment, code):
+    res = run_cli("tlresearch.train", *FAST, f"data.root={tmp_path / 'nothing-here'}", f"hydra.run.dir={tmp_path / 'run'}", *args)
+    assert res.returncode == code, res.stderr[-2000:]
+    assert fragment in res.stderr
+    assert "Traceback" not in res.stderr
+    if code == 2:  # our own errors also mark the run as failed
+        record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert record["status"] == "failed" and fragment.split()[0] in record["error"]
