@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig
-from PIL import Image, UnidentifiedImageError
 
 from tlresearch.data.transforms import eval_transform
+from tlresearch.data.user_images import expand_image_paths, open_user_image
 from tlresearch.errors import ConfigError
 from tlresearch.models.classifier import load_classifier
 from tlresearch.utils.entry import config_dir, run_task
 from tlresearch.utils.io import write_json_atomic
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def expand_images(patterns: list[str]) -> list[Path]:
-    """Files, folders (their images) and glob patterns -> image paths; a ConfigError for none."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        p = Path(pattern)
-        if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        elif p.is_file():
-            paths.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if Path(m).is_file())
-            if not matches:
-                raise ConfigError(f"images: {pattern!r} is not a file, a folder or a glob that matches any file.")
-            paths += matches
-    if not paths:
-        raise ConfigError("images=[] names no image; pass files, folders or globs, e.g. images=[cat.jpg].")
-    return paths
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image as RGB, with a ConfigError naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ConfigError(f"images: {str(path)!r} could not be decoded as an image ({exc}).") from exc
 
 
 def predict(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,8 +26,8 @@ def predict(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     names = list(model.hparams.class_names or range(model.hparams.num_classes))
     k = min(int(cfg.top_k), len(names))
     predictions = {}
-    for path in expand_images(list(cfg.images)):
-        x = transform(load_rgb(path)).unsqueeze(0).to(cfg.device)
+    for path in expand_image_paths(list(cfg.images)):
+        x = transform(open_user_image(path)).unsqueeze(0).to(cfg.device)
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]
         top = probs.topk(k)
