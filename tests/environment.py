@@ -18,6 +18,9 @@ def isolated_caches(tmp_path_factory):
         "TLRESEARCH_CACHE": str(root / "tlresearch"),
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(root / "wandb"),
+        "WANDB_DATA_DIR": str(root / "wandb-data"),  # staged artifacts (logged tables and their images)
+        "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+        "WANDB_CONFIG_DIR": str(root / "wandb-config"),
         "WANDB_SILENT": "true",
         "HF_HUB_OFFLINE": "1",
     }

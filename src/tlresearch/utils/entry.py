@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tlresearch.errors import ConfigError
+from tlresearch.results.wandb_report import finish_open_wandb_run
+from tlresearch.utils.distributed import distributed_job
 from tlresearch.utils.io import write_json_atomic
 
 log = logging.getLogger("tlresearch")
@@ -48,11 +50,15 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     A :class:`ConfigError` prints its message (no traceback) and exits with code 2; any other
     exception is a bug and keeps its traceback. Either way the run directory's
     ``metrics.json`` records ``status: failed`` and the error, and inside a multirun the sweep
-    carries on with the next job.
+    carries on with the next job. A run stopped from outside (Ctrl-C, SIGTERM) records
+    ``status: interrupted``; a SIGKILLed one has no record at all (tables show it as missing).
     """
     out_dir = Path(cfg.paths.output_dir) if "paths" in cfg else None
+    failed = True
     try:
-        metrics, _ = task(cfg)
+        with distributed_job(task):  # DDP ranks of this job only (see utils/distributed.py)
+            metrics, _ = task(cfg)
+        failed = False
     except ConfigError as exc:
         _record_failure(out_dir, f"ConfigError: {exc}")
         log.error("%s", exc)
@@ -63,14 +69,30 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     except KeyboardInterrupt:
         _record_failure(out_dir, "interrupted by the user", status="interrupted")
         raise
+    except SystemExit as exc:  # Lightning exits after a graceful Ctrl-C, and stops on SIGTERM with SIGTERMException
+        if _is_interruption(exc):
+            _record_failure(out_dir, "interrupted (Ctrl-C or SIGTERM); continue it with resume=auto", status="interrupted")
+        else:
+            _record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
+        raise
     except Exception as exc:  # noqa: BLE001
         _record_failure(out_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         if is_multirun():
             log.exception("job failed; the sweep continues")
             return None
         raise
+    finally:
+        finish_open_wandb_run(failed)  # a W&B run never carries over into the next job of a sweep
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def _is_interruption(exc: SystemExit) -> bool:
+    """Whether a SystemExit ends a run stopped from outside: Lightning's exit after Ctrl-C (its
+    context is the KeyboardInterrupt) or its SIGTERMException."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    return isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt)
 
 
 def _record_failure(out_dir: Path | None, error: str, trace: str | None = None, status: str = "failed") -> None:
