@@ -33,3 +33,16 @@ def isolated_caches(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def fresh_hydra_state():
+    """Each test starts and ends without a global Hydra config: a test that composed a config
+    (tests.helpers.compose_cfg sets HydraConfig, as @hydra.main would) must not change how
+    ``${hydra:…}`` interpolations resolve in the next one."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
