@@ -9,6 +9,7 @@ and the fix.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -35,13 +36,13 @@ def from_node(cls: type[T], node: Mapping[str, Any] | None, key: str, **override
     """
     values = dict(plain(node) or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    nested = _nested_settings_types(cls)
     for name in values:
         if name not in fields:
             raise ConfigError(f"`{key}.{name}` is not a setting; the settings of `{key}` are {sorted(fields)}.{suggest(name, fields)}")
     for name, value in values.items():
-        sub = _nested_settings_type(fields[name])
-        if sub is not None:
-            values[name] = from_node(sub, value, f"{key}.{name}")
+        if name in nested and not dataclasses.is_dataclass(value):
+            values[name] = from_node(nested[name], value, f"{key}.{name}")
     values.update(overrides)
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
@@ -50,11 +51,10 @@ def from_node(cls: type[T], node: Mapping[str, Any] | None, key: str, **override
     return obj
 
 
-def _nested_settings_type(field: dataclasses.Field) -> type | None:
-    default_factory = field.default_factory  # type: ignore[misc]
-    if default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(default_factory):
-        return default_factory  # type: ignore[return-value]
-    return None
+def _nested_settings_types(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are settings dataclasses themselves (built recursively)."""
+    hints = typing.get_type_hints(cls)
+    return {name: hint for name, hint in hints.items() if isinstance(hint, type) and dataclasses.is_dataclass(hint)}
 
 
 def require(ok: bool, key: str, value: Any, fix: str) -> None:
