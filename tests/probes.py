@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytorch_lightning as pl
 import torch
 
@@ -25,3 +28,41 @@ class BlockChangeProbe(pl.Callback):
         now = self._snapshot(pl_module)
         changed = {n for n in now if not torch.equal(now[n], self._start[n])}
         self.changed[trainer.current_epoch] = {b.name for b in pl_module.backbone.blocks if any(b.owns(n) for n in changed)}
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process when training is about to run optimizer step ``at_step`` (the
+    steps before it are done, and checkpoints due after them are written): a crash with no
+    chance to clean up, mid-epoch. Used from a subprocess only."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAtStep(pl.Callback):
+    """Sets the head's weights to NaN just before optimizer step ``at_step``: that step's loss is
+    NaN, as after a divergence, without waiting for one."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                for p in pl_module.head.parameters():
+                    p.fill_(float("nan"))
+
+
+class InterruptAtStep(pl.Callback):
+    """Raises KeyboardInterrupt (what Ctrl-C does) just before optimizer step ``at_step``."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            raise KeyboardInterrupt

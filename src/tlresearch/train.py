@@ -14,14 +14,21 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from tlresearch.callbacks import ThroughputMonitor
 from tlresearch.errors import ConfigError
+from tlresearch.finetune.cache import maybe_cache_features
+from tlresearch.finetune.logistic import LogisticProbe, fit_logistic_protocol
 from tlresearch.models.classifier import TransferClassifier
-from tlresearch.results.provenance import provenance_record
+from tlresearch.results.provenance import provenance_record, write_provenance
+from tlresearch.results.wandb_report import report_and_finish
+from tlresearch.resume import check_resume_checkpoint
+from tlresearch.utils.checkpoint_io import AtomicCheckpointIO
+from tlresearch.utils.checks import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
 from tlresearch.utils.entry import config_dir, run_task
 from tlresearch.utils.instantiate import instantiate_group, instantiate_node
 from tlresearch.utils.io import write_json_atomic
@@ -36,28 +43,47 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer, model and datamodule.
     """
     out_dir = Path(cfg.paths.output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
+    check_trainer_settings(cfg.trainer)
+    check_bool("test_after_fit", cfg.test_after_fit)
+    pl.seed_everything(check_seed(cfg.seed), workers=True)
 
     datamodule = instantiate_node(cfg.data, "data")
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
     datamodule.set_preprocessing(model.backbone.preprocessing)
+    ckpt_path = resume_checkpoint(cfg, out_dir)
+    if ckpt_path is not None:  # refuse a checkpoint of another setup now, not after minutes of setup
+        check_resume_checkpoint(ckpt_path, model, "ckpt_path" if cfg.get("ckpt_path") else "resume=auto: checkpoint")
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    check_monitors(callbacks, model.logged_metrics())
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer: pl.Trainer = instantiate_node(
-        cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False
+        cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False,
+        plugins=[AtomicCheckpointIO()],  # last.ckpt is never left half-written (utils/checkpoint_io.py)
     )
+    write_run_provenance(out_dir, cfg, model, datamodule, trainer, ckpt_path)
     for lg in loggers.values():
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    if isinstance(model.schedule, LogisticProbe):  # finetune=logistic: the L-BFGS protocol replaces the epochs
+        metrics, datamodule = fit_logistic_protocol(cfg, model, datamodule, list(loggers.values()))
+        write_run_records(out_dir, cfg, metrics, model, datamodule)
+        report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
+        return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+    datamodule = maybe_cache_features(cfg, model, datamodule)  # frozen backbone: train the head on cached features
+
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, out_dir))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except MisconfigurationException as exc:  # Lightning's verdict on settings it checks only during fit
+        raise ConfigError(f"Lightning refused the settings: {exc}") from exc
     fit_s = time.perf_counter() - start
 
     metrics = fit_metrics(trainer, model, callbacks, fit_s)
     if cfg.test_after_fit and not trainer.interrupted:
         metrics.update(test_best(trainer, model, datamodule, callbacks))
     write_run_records(out_dir, cfg, metrics, model, datamodule)
+    report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 
 
@@ -67,6 +93,8 @@ def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) 
     def plain(node) -> Any:
         return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
+    fixed = ("backbone", "num_classes", "class_names", "finetune", "optimizer", "scheduler")
+    check_known_keys("model", (cfg.get("model") or {}).keys(), TransferClassifier.__init__, exclude=fixed)
     return TransferClassifier(
         backbone=plain(cfg.backbone),
         num_classes=num_classes,
@@ -139,12 +167,8 @@ def test_best(trainer: pl.Trainer, model: TransferClassifier, datamodule, callba
 
 @rank_zero_only
 def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], model: TransferClassifier, datamodule) -> None:
-    """metrics.json, provenance.json, the confusion matrix and the plots; then say where they are."""
+    """metrics.json, the confusion matrix and the plots; then say where they are."""
     write_json_atomic(out_dir / "metrics.json", metrics)
-    write_json_atomic(
-        out_dir / "provenance.json",
-        provenance_record(datamodule.describe(), {"backbone": model.backbone.describe(), "schedule": model.schedule.describe()}),
-    )
     from tlresearch.results import plots
 
     csv = out_dir / "csv" / "metrics.csv"
@@ -156,6 +180,23 @@ def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], m
         plots.plot_confusion_matrix(model.test_confusion_matrix.numpy(), list(datamodule.classes), out_dir / "confusion_matrix.png")
     summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))
     print(f"\nTest: {summary or 'not run'}\nRun directory: {out_dir.resolve()}\nMetrics: {(out_dir / 'metrics.json').resolve()}")
+
+
+@rank_zero_only
+def write_run_provenance(out_dir: Path, cfg: DictConfig, model: TransferClassifier, datamodule, trainer: pl.Trainer,
+                         ckpt_path: str | None) -> None:
+    """provenance.json, written before training starts, so a failed or killed run is traceable too."""
+    run = {
+        "seed": cfg.seed,
+        "resumed_from": ckpt_path,
+        "accelerator": type(trainer.accelerator).__name__,
+        "strategy": type(trainer.strategy).__name__,
+        "num_devices": trainer.num_devices,
+        "precision": str(trainer.precision),
+        "deterministic": cfg.trainer.get("deterministic"),
+    }
+    extra = {"backbone": model.backbone.describe(), "schedule": model.schedule.describe(), "run": run}
+    write_provenance(out_dir, provenance_record(datamodule.describe(), extra, config=OmegaConf.to_container(cfg, resolve=True)))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlresearch.errors import ConfigError, suggest
 from tlresearch.utils.io import write_json_atomic
 
-from .sampler import shuffled_loader
+from .sampler import ResumableTrainData
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -749,7 +749,7 @@ def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class ImageClassificationDataModule(pl.LightningDataModule):
+class ImageClassificationDataModule(ResumableTrainData, pl.LightningDataModule):
     """Base of every image-classification DataModule: arguments, transforms, loaders, provenance.
 
     Subclasses set ``self._classes`` in their constructor (available without touching the
@@ -770,6 +770,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         pin_memory: DataLoader ``pin_memory``; ``"auto"`` = whether CUDA is available.
         max_per_class: keep at most this many *training* images per class (a deterministic,
             nested subset for small-data experiments); val and test stay whole.
+        in_memory: decode every image once into RAM at the backbone's resize size and serve
+            batches from there (:mod:`tlresearch.data.memory`; for small datasets).
     """
 
     #: Name recorded by :meth:`describe`.
@@ -787,6 +789,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         preprocessing: Preprocessing | Mapping[str, Any] | None = None,
         pin_memory: bool | str = "auto",
         max_per_class: int | None = None,
+        in_memory: bool = False,
     ) -> None:
         super().__init__()
         self.root = _check_root(root)
@@ -802,6 +805,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         self.preprocessing = coerce_preprocessing(preprocessing)
         self.pin_memory = resolve_pin_memory(pin_memory)
         self.max_per_class = _check_positive_int("data.max_per_class", max_per_class, optional=True)
+        if not isinstance(in_memory, bool):
+            raise ConfigError(f"data.in_memory={in_memory!r}: must be true or false.")
+        self.in_memory = in_memory
+        self._in_memory: dict[str, Any] = {}  # split -> images held in RAM (data/memory.py)
         self._classes: list[str] = getattr(self, "_classes", [])
         self._splits: dict[str, list[Sample]] | None = None
         self._datasets: dict[str, ImageListDataset] = {}
@@ -874,6 +881,12 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def dataloader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
         """A DataLoader over ``split``; only train shuffles by default, with a generator seeded from the global seed."""
         shuffle = (split == "train") if shuffle is None else shuffle
+        dataset: Any = self.dataset(split)
+        if self.in_memory:
+            from .memory import hold_in_memory  # imports this module
+
+            pre = self.preprocessing
+            dataset = hold_in_memory(self._in_memory, split, dataset, pre.resize_size, pre.interpolation_mode, self.num_workers)
         common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
                       persistent_workers=self.num_workers > 0, drop_last=False)
         if shuffle:
@@ -881,8 +894,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             # data.seed: runs with different training seeds see different orders over the same,
             # fixed split. The resumable loader makes them a function of (seed, epoch, image), so
             # a run resumed mid-epoch continues exactly (data/sampler.py).
-            return shuffled_loader(self.dataset(split), seed=torch.initial_seed(), **common)
-        return DataLoader(self.dataset(split), shuffle=False, generator=torch.Generator().manual_seed(torch.initial_seed()), **common)
+            return self.resumable_train_loader(dataset, seed=torch.initial_seed(), **common)
+        return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(torch.initial_seed()), **common)
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train")

@@ -10,14 +10,21 @@ Three pieces make the order and the augmentation of every training image a pure 
   augmentation) under that seed, with the process's global RNGs (torch CPU, numpy, python)
   saved and restored around it: augmentation neither depends on nor disturbs the RNG the
   training step uses (dropout), and it is the same with 0 or 8 worker processes;
-* :class:`ResumableDataLoader` implements ``state_dict`` / ``load_state_dict``, so Lightning
-  stores its position in every checkpoint (``loops.fit_loop.state_dict.combined_loader``) and
-  restores it before the first batch of a resumed run: the run continues with the batches the
-  interrupted run had not trained on yet, in the same order.
+* the sampler also holds the training position (epoch, samples trained on), which
+  :class:`tlresearch.resume.ResumeState` updates after each training batch (only the trainer
+  knows which batches were trained on: the loader runs ahead, Lightning prefetches a batch and
+  worker processes more). It goes into every checkpoint, and a resumed run continues with the
+  samples the interrupted run had not trained on yet, in the same order.
 
-The position (epoch, batches trained on) is set by :class:`tlresearch.resume.ResumeState`
-after each training batch, because only the trainer knows which batches were trained on: the
-loader runs ahead of training (Lightning prefetches a batch, worker processes more).
+How the position travels: Lightning saves and restores a *stateful* train loader
+(:class:`ResumableDataLoader`) with the fit loop, but restores it only when the loader is
+created after the checkpoint's loops are loaded. Our classifier asks for
+``trainer.estimated_stepping_batches`` in ``configure_optimizers`` (LR schedules need the total
+step count), which makes Lightning 2.6 build and start iterating the train loader *before* it
+restores the loops, so that restore never reaches the loader. The DataModule route has no such
+gap: Lightning restores a DataModule's ``state_dict`` before anything is set up, so
+:class:`ResumableTrainData` keeps the position there and applies it to the train loader it
+creates next.
 """
 
 from __future__ import annotations
@@ -102,26 +109,42 @@ class SeededDataset(Dataset):
 class ResumableRandomSampler(RandomSampler):
     """Shuffles without replacement; epoch ``e``'s order depends only on ``(seed, e)``.
 
-    Lightning calls :meth:`set_epoch` before each epoch. :meth:`skip_next` makes the next
-    iteration start after the first ``n`` indices of the epoch (the ones a resumed run has
-    already trained on). Yields :class:`SeededIndex` items, to be read through a
-    :class:`SeededDataset`. ``len()`` is always the whole epoch's, as Lightning expects of a
-    resumed loader.
+    Lightning calls :meth:`set_epoch` before each epoch. Yields :class:`SeededIndex` items, to
+    be read through a :class:`SeededDataset`. It also holds the training position
+    (:meth:`set_progress`, :meth:`state_dict`); :meth:`load_state_dict` makes the next iteration
+    (only) start where that position left off. ``len()`` is always the whole epoch's, as
+    Lightning expects of a resumed loader.
     """
 
     def __init__(self, data_source: Sized, seed: int) -> None:
         super().__init__(data_source)  # type: ignore[arg-type]
         self.seed = int(seed)
         self.epoch = 0
+        self.progress: tuple[int, int] = (0, 0)  # (epoch, samples of it trained on)
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s order from the next iteration on."""
         self.epoch = int(epoch)
 
-    def skip_next(self, num_samples: int) -> None:
-        """Make the next iteration (only) leave out the first ``num_samples`` indices of its epoch."""
-        self._skip = max(0, int(num_samples))
+    def set_progress(self, epoch: int, samples_done: int) -> None:
+        """Record that the first ``samples_done`` samples of epoch ``epoch`` have been trained on."""
+        self.progress = (int(epoch), int(samples_done))
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self.progress
+        return {"seed": self.seed, "epoch": epoch, "samples_done": done}
+
+    def load_state_dict(self, state: dict[str, Any], *, skip: bool = True) -> None:
+        """Continue from ``state``: its seed and epoch, and (with ``skip``) the next iteration
+        leaves out the samples already trained on; a complete epoch continues with the next one."""
+        epoch, done = int(state["epoch"]), int(state["samples_done"])
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        self.seed = int(state["seed"])
+        self.set_epoch(epoch)
+        self.progress = (epoch, done)
+        self._skip = done if skip else 0
 
     def order(self, epoch: int) -> list[int]:
         """The permutation of epoch ``epoch``."""
@@ -150,48 +173,37 @@ def resumable_sampler_of(loader: Any) -> ResumableRandomSampler | None:
     return inner if isinstance(inner, ResumableRandomSampler) else None
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position Lightning checkpoints and restores (it is ``_Stateful``).
+def restore_position(loader: Any, state: dict[str, Any]) -> None:
+    """Make ``loader``'s next iteration continue from the position ``state``.
 
-    The state is ``{"seed", "epoch", "batches_done"}``: the sampler's seed, the epoch and how
-    many of its batches were trained on, as last reported with :meth:`set_progress`. Restoring
-    it makes the next iteration yield the rest of that epoch (or the next epoch from its start
-    when it was complete).
+    Under DDP each process iterates a shard of the order, so skipping a prefix of the whole
+    order would not skip the samples this process trained on: the epoch restarts instead, with
+    a warning.
     """
+    sampler = resumable_sampler_of(loader)
+    if sampler is None:
+        return
+    unsharded = sampler is getattr(loader, "sampler", None)
+    sampler.load_state_dict(state, skip=unsharded)
+    if not unsharded and sampler.progress[1]:
+        log.warning(
+            "Resuming mid-epoch under a distributed sampler: epoch %d restarts from its first batch, so its first "
+            "%d samples are seen twice. Resume from an end-of-epoch checkpoint for an exact continuation.",
+            *sampler.progress,
+        )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress: tuple[int, int] = (0, 0)  # (epoch, batches trained on in that epoch)
 
-    def set_progress(self, epoch: int, batches_done: int) -> None:
-        """Record that ``batches_done`` batches of epoch ``epoch`` have been trained on."""
-        self.progress = (int(epoch), int(batches_done))
+class ResumableDataLoader(DataLoader):
+    """A DataLoader with Lightning's stateful-loader interface (``state_dict`` / ``load_state_dict``):
+    the training position of its :class:`ResumableRandomSampler`."""
 
     def state_dict(self) -> dict[str, int]:
         sampler = resumable_sampler_of(self)
-        epoch, done = self.progress
-        return {"seed": sampler.seed if sampler else 0, "epoch": epoch, "batches_done": done}
+        return sampler.state_dict() if sampler is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if done >= len(self):  # saved at the end of an epoch: the next one starts afresh
-            epoch, done = epoch + 1, 0
-        self.progress = (epoch, done)
-        sampler = resumable_sampler_of(self)
-        if sampler is None:
-            return
-        sampler.seed = int(state["seed"])
-        sampler.set_epoch(epoch)
-        if sampler is self.sampler:
-            sampler.skip_next(done * (self.batch_size or 1))
-        elif done:
-            # Under DDP each process sees a shard of the order: skipping a prefix of the whole
-            # order would not skip the batches this process trained on.
-            log.warning(
-                "Resuming mid-epoch under a distributed sampler: epoch %d restarts from its first batch, "
-                "so %d batches are seen twice. Resume from an end-of-epoch checkpoint for an exact continuation.",
-                epoch, done,
-            )
+        if state:
+            restore_position(self, state)
 
 
 def shuffled_loader(dataset: Dataset, *, seed: int, **loader_kwargs: Any) -> ResumableDataLoader:
@@ -207,3 +219,31 @@ def shuffled_loader(dataset: Dataset, *, seed: int, **loader_kwargs: Any) -> Res
         generator=torch.Generator().manual_seed(mix_seed(seed, -1)),
         **loader_kwargs,
     )
+
+
+class ResumableTrainData:
+    """LightningDataModule mixin: the training position is part of the DataModule's checkpointed state.
+
+    Build the training loader with :meth:`resumable_train_loader`. Lightning calls
+    :meth:`state_dict` when it writes a checkpoint and :meth:`load_state_dict` when it restores
+    one, before it creates the loaders; the next training loader then starts where the
+    checkpointed run stopped.
+    """
+
+    _train_sampler: ResumableRandomSampler | None = None
+    _pending_position: dict[str, Any] | None = None
+
+    def resumable_train_loader(self, dataset: Dataset, *, seed: int, **loader_kwargs: Any) -> ResumableDataLoader:
+        """:func:`shuffled_loader`, positioned where a restored checkpoint stopped (if one was)."""
+        loader = shuffled_loader(dataset, seed=seed, **loader_kwargs)
+        if self._pending_position is not None:
+            restore_position(loader, self._pending_position)
+            self._pending_position = None
+        self._train_sampler = resumable_sampler_of(loader)
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_position = state_dict.get("train_position")

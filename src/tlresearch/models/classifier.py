@@ -21,6 +21,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tlresearch.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbones import Backbone, Block
+from tlresearch.utils.checkpoint_io import read_checkpoint
+from tlresearch.utils.checks import check_argument_types
 from tlresearch.utils.instantiate import instantiate_node
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 
@@ -104,6 +106,10 @@ class TransferClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: torch.Tensor | None = None
+        # The last test's per-sample predictions (this rank's share): {"probs", "labels",
+        # "indices" into the test dataset}; read by the W&B report (results/wandb_report.py).
+        self.test_predictions: dict[str, torch.Tensor] | None = None
+        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Compiled lazily into a plain attribute, so state_dict keys stay those of the
         # uncompiled backbone and checkpoints load with or without compilation.
         object.__setattr__(self, "_backbone_fn", torch.compile(self.backbone) if compile else self.backbone)
@@ -141,10 +147,20 @@ class TransferClassifier(pl.LightningModule):
                         m.eval()
         return self
 
+    def on_train_start(self) -> None:
+        # A run resumed mid-epoch does not get on_train_epoch_start for that epoch: apply the
+        # restored epoch's schedule here (a no-op at the start of a fresh run).
+        self.apply_schedule(self.current_epoch)
+
     def on_train_epoch_start(self) -> None:
         newly = self.apply_schedule(self.current_epoch)
         if newly and self.current_epoch > 0:
             log.info("epoch %d: unfreezing %s", self.current_epoch, ", ".join(newly))
+
+    def logged_metrics(self) -> list[str]:
+        """Names of the metrics logged during fit: what a checkpoint or early-stopping callback may monitor."""
+        train = [*self.train_metrics.keys(), "train/loss", "train/loss_step", "train/loss_epoch"]
+        return [*train, *self.val_metrics.keys(), "val/loss"]
 
     def parameter_counts(self) -> dict[str, int]:
         """Total parameters and the parameters that train at some point of the schedule."""
@@ -194,6 +210,7 @@ class TransferClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self._eval_step(batch, self.test_metrics, self.test_loss, "test")
         self.test_confusion.update(logits, batch[1])
+        self._test_batches.append((logits.detach().float().softmax(dim=-1).cpu(), batch[1].detach().cpu()))
 
     def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric, stage: str) -> torch.Tensor:
         x, y = batch
@@ -206,9 +223,20 @@ class TransferClassifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
+        self._test_batches = []
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self.test_confusion.compute().cpu()
+        if self._test_batches:
+            probs = torch.cat([p for p, _ in self._test_batches])
+            # The test loader does not shuffle; under DDP, rank r holds samples r, r + W, r + 2W...
+            # (DistributedSampler without shuffling; padding repeats the first samples).
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+            indices = torch.arange(len(probs)) * world + rank
+            if (length := _dataset_length(self.trainer)) > 0:
+                indices %= length
+            self.test_predictions = {"probs": probs, "labels": torch.cat([y for _, y in self._test_batches]), "indices": indices}
+        self._test_batches = []
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -245,12 +273,23 @@ class TransferClassifier(pl.LightningModule):
         return out
 
 
+def _dataset_length(trainer: pl.Trainer) -> int:
+    """Samples in the (first) test dataset; 0 when unknown."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return 0
+
+
 def _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names) -> None:
     if num_classes < 2:
         raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
     lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    if lr is None or float(lr) <= 0:
-        raise ConfigError(f"optimizer.lr={lr} is invalid: the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
+    if not _is_positive_number(lr):
+        raise ConfigError(f"optimizer.lr={lr!r} is invalid: the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
+    _check_optimizer(optimizer)
     if not 0 <= dropout < 1:
         raise ConfigError(f"model.dropout={dropout} is invalid: use a probability in [0, 1).")
     if head_init not in {"default", "zero"}:
@@ -261,23 +300,35 @@ def _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, 
         raise ConfigError(f"{len(class_names)} class names were given for num_classes={num_classes}.")
 
 
+def _is_positive_number(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_optimizer(optimizer: dict) -> None:
+    """Build the optimizer once on a dummy parameter, so a bad value (a negative weight decay, a
+    momentum that is not a number) is reported now, naming the key, rather than when fit starts."""
+    factory = instantiate_node(optimizer, "optimizer")
+    check_argument_types("optimizer", getattr(factory, "func", factory), getattr(factory, "keywords", {}))
+    try:
+        factory([nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"The `optimizer` config is invalid: {exc}. Check the values under `optimizer.` (print the composed "
+            "config with `--cfg job`)."
+        ) from exc
+
+
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TransferClassifier:
     """Rebuild a :class:`TransferClassifier` from a checkpoint written by ``tlresearch.train``.
 
     The backbone is rebuilt without downloading pretrained weights (the checkpoint holds the
     trained ones). The file is read with ``torch.load(weights_only=True)``: no pickled code runs.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt_path)!r} does not exist; pass a checkpoint written by tlresearch.train.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise ConfigError(
-            f"ckpt_path={str(ckpt_path)!r} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}). "
-            "Is the file complete (not truncated by a crash or a partial copy)?"
-        ) from exc
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    ckpt = read_checkpoint(ckpt_path, "ckpt_path", map_location=map_location)
+    hparams = ckpt.get("hyper_parameters")
     if not hparams or "backbone" not in hparams or "state_dict" not in ckpt:
         raise ConfigError(
             f"ckpt_path={str(ckpt_path)!r} is not a tlresearch classifier checkpoint (no backbone hyper-parameters); "

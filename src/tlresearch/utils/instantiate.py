@@ -6,7 +6,9 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from tlresearch.errors import ConfigError
 
@@ -19,13 +21,20 @@ def instantiate_node(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:
     """
     try:
         return instantiate(node, **kwargs)
+    except MissingMandatoryValue as exc:  # a `???` value nobody set
+        missing = exc.full_key or (f"{key}.{exc.key}" if exc.key is not None else key)
+        raise ConfigError(
+            f"{missing} is required and has no value (it is ??? in the config): set it on the command line, "
+            f"e.g. {missing}=<value>."
+        ) from None
     except InstantiationException as exc:
         cause = _root_cause(exc)
         if isinstance(cause, ConfigError):
             raise cause from None
-        if isinstance(cause, (TypeError, ValueError, ImportError, AttributeError)):
+        # MisconfigurationException: Lightning's own verdict on a Trainer argument (devices=0, ...).
+        if isinstance(cause, (TypeError, ValueError, ImportError, AttributeError, MisconfigurationException)):
             raise ConfigError(
-                f"The `{key}` config could not be built: {cause}. Check the keys under `{key}.` "
+                f"The `{key}` config could not be built: {str(cause).rstrip('.')}. Check the keys under `{key}.` "
                 f"(print the composed config with `--cfg job`)."
             ) from exc
         raise

@@ -1,0 +1,201 @@
+"""Exact resume: a run SIGKILLed mid-epoch and resumed with ``resume=auto`` ends bitwise equal to
+an uninterrupted run (CPU, ``trainer.deterministic=true``), across a gradual-unfreezing boundary.
+
+The pieces (data order and augmentation as functions of (seed, epoch, image), the position in
+the DataModule's checkpointed state, RNG states) are unit-tested first; the end-to-end test
+kills real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from tests.helpers import FAST, compose_cfg, run_cli
+from tlresearch.data.sampler import (
+    ResumableDataLoader,
+    ResumableRandomSampler,
+    ResumableTrainData,
+    SeededDataset,
+    SeededIndex,
+    shuffled_loader,
+)
+from tlresearch.resume import capture_rng_states, restore_rng_states
+from tlresearch.train import train
+
+
+class RandomDraws(Dataset):
+    """Item i is (i, a draw from torch's, numpy's and python's global RNGs): what a random
+    augmentation would see."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> tuple[int, float, float, float]:
+        return i, float(torch.rand(())), float(np.random.rand()), random.random()
+
+
+def epoch_items(loader, epoch: int) -> list[tuple]:
+    loader.sampler.set_epoch(epoch)
+    return [tuple(float(v) for v in row) for batch in loader for row in zip(*batch)]
+
+
+def test_order_and_augmentation_depend_only_on_seed_epoch_and_image():
+    a, b = shuffled_loader(RandomDraws(), seed=3, batch_size=4), shuffled_loader(RandomDraws(), seed=3, batch_size=4)
+    epoch1 = epoch_items(a, 1)
+    assert epoch_items(b, 1) == epoch1  # no state carried over from other epochs (b skipped epoch 0)
+    assert sorted(int(row[0]) for row in epoch1) == list(range(10))
+    assert epoch_items(a, 2) != epoch1
+    other_seed = epoch_items(shuffled_loader(RandomDraws(), seed=4, batch_size=4), 1)
+    assert [row[0] for row in other_seed] != [row[0] for row in epoch1]
+    # An image's augmentation does not depend on where it falls in the order.
+    draws = {row[0]: row[1:] for row in epoch1}
+    assert len({row[1:] for row in epoch1}) == 10
+    assert {row[0]: row[1:] for row in epoch_items(shuffled_loader(RandomDraws(), seed=3, batch_size=3), 1)} == draws
+
+
+def test_augmentation_neither_uses_nor_disturbs_the_global_rng():
+    loader = shuffled_loader(RandomDraws(), seed=0, batch_size=5)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    before = capture_rng_states()
+    first = epoch_items(loader, 0)
+    after = capture_rng_states()
+    assert torch.equal(before["torch"], after["torch"]) and before["numpy"] == after["numpy"] and before["python"] == after["python"]
+    torch.manual_seed(999)
+    assert epoch_items(loader, 0) == first
+
+
+def test_worker_processes_give_the_same_batches():
+    with_workers = shuffled_loader(RandomDraws(), seed=0, batch_size=4, num_workers=2)
+    assert epoch_items(with_workers, 1) == epoch_items(shuffled_loader(RandomDraws(), seed=0, batch_size=4), 1)
+
+
+def test_restored_position_continues_the_epoch_exactly():
+    full = epoch_items(shuffled_loader(RandomDraws(), seed=5, batch_size=4), 2)
+    source = shuffled_loader(RandomDraws(), seed=5, batch_size=4)
+    source.sampler.set_progress(2, 8)  # two batches of epoch 2 trained on
+    resumed = shuffled_loader(RandomDraws(), seed=0, batch_size=4)  # seed comes from the state
+    resumed.load_state_dict(source.state_dict())
+    assert [tuple(float(v) for v in row) for batch in resumed for row in zip(*batch)] == full[8:]
+    assert len(resumed) == 3  # Lightning counts batches from the restored progress: length stays the whole epoch's
+    # A complete epoch continues with the next one, from its start.
+    source.sampler.set_progress(2, 10)
+    after_epoch = shuffled_loader(RandomDraws(), seed=0, batch_size=4)
+    after_epoch.load_state_dict(source.state_dict())
+    assert after_epoch.sampler.epoch == 3
+    assert [tuple(float(v) for v in row) for batch in after_epoch for row in zip(*batch)] == epoch_items(
+        shuffled_loader(RandomDraws(), seed=5, batch_size=4), 3)
+
+
+def test_datamodule_state_positions_the_next_train_loader():
+    class Data(ResumableTrainData):
+        pass
+
+    running = Data()
+    loader = running.resumable_train_loader(RandomDraws(), seed=1, batch_size=2)
+    assert isinstance(loader, ResumableDataLoader) and isinstance(loader.dataset, SeededDataset)
+    loader.sampler.set_progress(0, 6)
+    state = running.state_dict()
+    restarted = Data()
+    restarted.load_state_dict(state)
+    resumed = restarted.resumable_train_loader(RandomDraws(), seed=1, batch_size=2)
+    assert [int(i) for batch in resumed for i in batch[0]] == [int(i) for batch in loader for i in batch[0]][6:]
+    again = restarted.resumable_train_loader(RandomDraws(), seed=1, batch_size=2)  # the position is used once
+    assert len([i for batch in again for i in batch[0]]) == 10
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    states = capture_rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.save({"rng": states}, tmp_path / "rng.ckpt")
+    torch.manual_seed(2)
+    np.random.seed(2)
+    random.seed(2)
+    restore_rng_states(torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_sampler_yields_seeded_indices_and_keeps_random_sampler_semantics():
+    sampler = ResumableRandomSampler(range(7), seed=0)
+    items = list(sampler)
+    assert all(isinstance(item, SeededIndex) for item in items)
+    assert sorted(item.index for item in items) == list(range(7)) and len(sampler) == 7
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+#: 18 training images in batches of 4: 5 steps per epoch, 15 in all. Gradual unfreezing: layer4
+#: joins at epoch 1, layer3 at epoch 2. Dropout draws from the global RNG in every training step.
+RESUMABLE = [*FAST, "data=folder", "data.batch_size=4", "trainer.max_epochs=3", "trainer.deterministic=true",
+             "finetune=gradual", "finetune.start_epoch=1", "finetune.max_blocks=2", "model.dropout=0.3",
+             "callbacks.last_checkpoint.every_n_train_steps=2"]
+LAYER3, LAYER4 = "backbone.model.layer3.0.conv1.weight", "backbone.model.layer4.0.conv1.weight"
+
+
+def read_last(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """``a`` and ``b`` (nested dicts/lists of tensors and plain values) are bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, tmp_path):
+    overrides = [*RESUMABLE, f"data.root={folder_root}"]
+    reference_dir = tmp_path / "reference"
+    reference, _ = train(compose_cfg("train", overrides, reference_dir))
+
+    # SIGKILLed just before step 8, in epoch 1 while layer4 trains: last.ckpt is step 6's, so the
+    # resumed run restores epoch 1's schedule mid-epoch, redoes step 7, then crosses into epoch 2
+    # where layer3 unfreezes.
+    run_dir = tmp_path / "killed"
+    cli = [*overrides, f"hydra.run.dir={run_dir}", "resume=auto"]
+    killed = run_cli("tlresearch.train", *cli, "+callbacks.killer._target_=tests.probes.KillAtStep", "+callbacks.killer.at_step=7")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    at_kill = read_last(run_dir)
+    assert at_kill["global_step"] == 6
+    assert not (run_dir / "metrics.json").exists()  # killed: no record, so a table shows the run as missing
+    resumed_run = run_cli("tlresearch.train", *cli)
+    assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
+
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"] == 15
+    compared = [k for k, v in reference.items() if k.startswith(("test/", "val/")) and isinstance(v, float)]
+    assert len(compared) >= 6
+    assert {k: resumed[k] for k in compared} == {k: reference[k] for k in compared}
+    final, expected = read_last(run_dir), read_last(reference_dir)
+    assert_same_tensors(final["state_dict"], expected["state_dict"], "state_dict")
+    assert_same_tensors(final["optimizer_states"], expected["optimizer_states"], "optimizer")
+    assert_same_tensors(final["lr_schedulers"], expected["lr_schedulers"], "lr_scheduler")
+    # Both blocks trained after the resume (the comparison is not one of frozen weights).
+    assert not torch.equal(final["state_dict"][LAYER4], at_kill["state_dict"][LAYER4])
+    assert not torch.equal(final["state_dict"][LAYER3], at_kill["state_dict"][LAYER3])
+
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert provenance["previous"]["run"]["resumed_from"] is None  # the killed first part
