@@ -205,7 +205,7 @@ def _build_torchvision(name: str, weights: str | None, checkpoint_file: str | No
 def _torchvision_weights(enum, name: str, weights: str | None):
     if weights is None or str(weights).lower() in {"none", "null", "false"}:
         return None
-    members = ["DEFAULT", *enum.__members__]
+    members = list(enum.__members__)  # includes the DEFAULT alias
     key = str(weights).split(".")[-1]
     if key not in members:
         raise ConfigError(
