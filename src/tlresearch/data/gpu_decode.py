@@ -30,7 +30,12 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class EncodedFiles(Dataset):
-    """``(file bytes as a uint8 tensor, index)``; an unreadable file gives empty bytes."""
+    """``(file bytes, index)``; an unreadable file gives empty bytes.
+
+    Plain ``bytes`` cross from worker processes through the pipe: a batch of small tensors
+    would each need a shared-memory file descriptor, which breaks (and hangs the loader) when
+    a batch holds many files.
+    """
 
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = list(samples)
@@ -38,14 +43,16 @@ class EncodedFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[bytes, int]:
         try:
-            return torchvision.io.read_file(self.samples[index].path), index
-        except (OSError, RuntimeError):
-            return torch.empty(0, dtype=torch.uint8), index
+            with open(self.samples[index].path, "rb") as fh:
+                return fh.read(), index
+        except OSError:
+            return b"", index
 
 
-def _as_lists(batch: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], list[int]]:
+def _as_lists(batch: list[tuple[bytes, int]]) -> tuple[list[bytes], list[int]]:
+    """collate_fn (runs in the workers): the files' bytes and their indices, as lists."""
     return [data for data, _ in batch], [index for _, index in batch]
 
 
@@ -98,4 +105,5 @@ def device_decoded_batches(
     fallback = ImageListDataset(samples)
     loader = DataLoader(Subset(EncodedFiles(samples), list(indices)), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_lists)
     for data, batch_indices in loader:
-        yield eval_preprocess(decode_batch(data, batch_indices, fallback, device), pre)
+        encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]  # in this process: no shared memory
+        yield eval_preprocess(decode_batch(encoded, batch_indices, fallback, device), pre)

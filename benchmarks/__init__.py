@@ -1,0 +1,1 @@
+"""Benchmarks: one script per claim, each run as ``python benchmarks/<name>.py``, printing ratios last."""
