@@ -67,24 +67,26 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if isinstance(model.schedule, LogisticProbe):  # finetune=logistic: the L-BFGS protocol replaces the epochs
         metrics, datamodule = fit_logistic_protocol(cfg, model, datamodule, list(loggers.values()))
-        write_run_records(out_dir, cfg, metrics, model, datamodule)
-        report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
-        return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
-    datamodule = maybe_cache_features(cfg, model, datamodule)  # frozen backbone: train the head on cached features
+    else:
+        datamodule = maybe_cache_features(cfg, model, datamodule)  # frozen backbone: train the head on cached features
+        metrics = fit_and_test(cfg, trainer, model, datamodule, callbacks, ckpt_path)
+    write_run_records(out_dir, cfg, metrics, model, datamodule)
+    report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
 
+
+def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: TransferClassifier, datamodule,
+                 callbacks: dict[str, pl.Callback], ckpt_path: str | None) -> dict[str, Any]:
+    """``trainer.fit`` (resuming from ``ckpt_path``), then test the best checkpoint."""
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except MisconfigurationException as exc:  # Lightning's verdict on settings it checks only during fit
         raise ConfigError(f"Lightning refused the settings: {exc}") from exc
-    fit_s = time.perf_counter() - start
-
-    metrics = fit_metrics(trainer, model, callbacks, fit_s)
+    metrics = fit_metrics(trainer, model, callbacks, time.perf_counter() - start)
     if cfg.test_after_fit and not trainer.interrupted:
         metrics.update(test_best(trainer, model, datamodule, callbacks))
-    write_run_records(out_dir, cfg, metrics, model, datamodule)
-    report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
-    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
+    return metrics
 
 
 def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) -> TransferClassifier:

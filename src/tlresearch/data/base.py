@@ -749,7 +749,24 @@ def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class ImageClassificationDataModule(ResumableTrainData, pl.LightningDataModule):
+class SplitLoaders:
+    """Lightning's three loader hooks, each a call of ``self.dataloader(split)``: every
+    DataModule here (images or cached features) builds its loaders in one method."""
+
+    def dataloader(self, split: str) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+
+class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.LightningDataModule):
     """Base of every image-classification DataModule: arguments, transforms, loaders, provenance.
 
     Subclasses set ``self._classes`` in their constructor (available without touching the
@@ -896,15 +913,6 @@ class ImageClassificationDataModule(ResumableTrainData, pl.LightningDataModule):
             # a run resumed mid-epoch continues exactly (data/sampler.py).
             return self.resumable_train_loader(dataset, seed=torch.initial_seed(), **common)
         return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(torch.initial_seed()), **common)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
 
     # -- provenance ---------------------------------------------------------------------------
 

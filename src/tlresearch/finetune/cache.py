@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tlresearch.data.base import ImageClassificationDataModule, ImageListDataset, Sample
+from tlresearch.data.base import ImageClassificationDataModule, ImageListDataset, Sample, SplitLoaders
 from tlresearch.data.sampler import SeededIndex, mix_seed, seeded_rng, shuffled_loader
 from tlresearch.data.transforms import Preprocessing, eval_transform, train_transform
 from tlresearch.errors import ConfigError
@@ -349,7 +349,7 @@ def _already_batched(batch: Any) -> Any:
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",), None: ("train", "val", "test")}
 
 
-class CachedFeatureDataModule(pl.LightningDataModule):
+class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
     """Serves an image DataModule's splits as cached backbone features.
 
     Args:
@@ -517,15 +517,6 @@ class CachedFeatureDataModule(pl.LightningDataModule):
         if shuffle:
             return shuffled_loader(FeatureDataset(features, self._epoch_view), seed=torch.initial_seed(), **common)
         return DataLoader(FeatureDataset(features), shuffle=False, **common)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self.dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
 
 
 # --------------------------------------------------------------------------------------------
