@@ -50,6 +50,15 @@ def test_timm_backbone_contract():
     assert bb.pretrained_classes[:2] == ["tench", "goldfish"]
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "convnext_atto", "efficientnet_b0"])
+def test_timm_num_features_is_what_forward_returns(name):
+    """Models with a head hidden layer (MobileNetV3's conv_head) report its size, not the trunk's."""
+    bb = create_backbone(name, source="timm", weights=None)
+    with torch.no_grad():
+        assert bb.eval()(torch.randn(1, 3, 64, 64)).shape == (1, bb.num_features)
+    assert bb.pretrained_head.in_features == bb.num_features
+
+
 def test_input_size_override_keeps_ratio():
     bb = create_backbone("resnet18", weights=None, input_size=112)
     assert bb.preprocessing.crop_size == 112 and bb.preprocessing.resize_size == 128

@@ -306,7 +306,9 @@ def _build_timm(name: str, weights: str | None, checkpoint_file: str | None = No
         name=name,
         source="timm",
         weights=(str(weights) if pretrained else None),
-        num_features=model.num_features,
+        # What forward() returns after reset_classifier(0): the head's hidden size where a model
+        # has one (MobileNetV3's conv_head, ...), else the pooled trunk's channels.
+        num_features=getattr(model, "head_hidden_size", None) or model.num_features,
         preprocessing=preprocessing,
         blocks=blocks,
         pretrained_head=head if isinstance(head, nn.Module) and not isinstance(head, nn.Identity) else None,

@@ -22,7 +22,7 @@ def instantiate_node(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:
     try:
         return instantiate(node, **kwargs)
     except MissingMandatoryValue as exc:  # a `???` value nobody set
-        missing = exc.full_key or (f"{key}.{exc.key}" if exc.key is not None else key)
+        missing = _qualified(exc.full_key or exc.key, key)
         raise ConfigError(
             f"{missing} is required and has no value (it is ??? in the config): set it on the command line, "
             f"e.g. {missing}=<value>."
@@ -49,6 +49,15 @@ def instantiate_group(group: DictConfig | None, key: str) -> dict[str, Any]:
         for name, node in group.items()
         if isinstance(node, (DictConfig, dict)) and "_target_" in node
     }
+
+
+def _qualified(name: Any, key: str) -> str:
+    """``name`` as a full config key under ``key``: a node converted to a plain dict (as the
+    classifier's hyper-parameters are) reports keys relative to itself."""
+    if not name:
+        return key
+    name = str(name)
+    return name if name == key or name.startswith(f"{key}.") else f"{key}.{name}"
 
 
 def _root_cause(exc: BaseException) -> BaseException:
