@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,10 @@ from tlresearch.utils.distributed import distributed_job
 from tlresearch.utils.io import write_json_atomic
 
 log = logging.getLogger("tlresearch")
+
+# Lightning 2.6 on torch >= 2.10 warns about its own use of a deprecated torch API on every
+# step; the command lines keep their output for what the user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def config_dir() -> Path:
