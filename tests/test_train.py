@@ -62,8 +62,11 @@ def shuffle_train_labels(root: Path, seed: int = 0) -> None:
         f.rename(target)
 
 
-LEARN = [*FAST, "data=folder", "finetune=full", "optimizer=adamw", "optimizer.lr=0.003", "trainer.max_epochs=6",
-         "scheduler.warmup_epochs=1"]
+# 8 classes x 30 training images (10 val, 10 test each). With shuffled labels a network can at best
+# learn each true class's accidental majority label, which matches the true class for few of the
+# 8 classes (Binomial(8, 1/8)): more classes make "at chance" a sharp statement.
+LEARN = [*FAST, "data=folder", "data.max_per_class=30", "finetune=full", "optimizer=adamw", "optimizer.lr=0.003",
+         "trainer.max_epochs=6", "scheduler.warmup_epochs=1"]
 
 
 @pytest.mark.slow
@@ -72,14 +75,14 @@ def test_learning_is_real_and_not_with_shuffled_labels(tmp_path):
     results = {}
     for shuffled in (False, True):
         root = tmp_path / f"data-{shuffled}"
-        generate_folder(root, classes=4, images_per_class=40, seed=1)
+        generate_folder(root, classes=8, images_per_class=50, min_size=48, max_size=72, seed=1)
         if shuffled:
             shuffle_train_labels(root)
         cfg = compose_cfg("train", [*LEARN, f"data.root={root}"], tmp_path / f"run-{shuffled}")
         results[shuffled] = train(cfg)[0]["test/acc"]
-    chance = 1 / 4
+    chance = 1 / 8
     assert results[False] >= 0.75, results
-    assert results[True] <= chance + 0.2, results
+    assert results[True] <= chance + 0.25, results
 
 
 def initial_backbone_state(cfg) -> dict:
