@@ -979,6 +979,11 @@ class ScannedImageDataModule(ImageClassificationDataModule):
         self.val_fraction, self.test_fraction = fractions["data.val_fraction"], fractions["data.test_fraction"]
         self.cache_dir = None if cache_dir is None else Path(os.path.expanduser(str(cache_dir)))
         self._manifest: Manifest | None = None
+        self._classes = self._read_classes()
+
+    def _read_classes(self) -> list[str]:
+        """The class names, known at construction without scanning (a fixed list, or folder names)."""
+        raise NotImplementedError
 
     def _scan_root(self) -> Path:
         raise NotImplementedError

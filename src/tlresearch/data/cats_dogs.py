@@ -11,9 +11,7 @@ are drawn per class by ``val_fraction``/``test_fraction``, fixed by ``seed``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from tlresearch.errors import ConfigError
 
@@ -47,18 +45,8 @@ class CatsDogsDataModule(ScannedImageDataModule):
     name = "cats_dogs"
     _rel_prefix = f"{CATS_DOGS_FOLDER}/"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        *,
-        filter: str = "decodes",  # noqa: A002 - the config key is data.filter
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        cache_dir: str | os.PathLike | None = None,
-        **common: Any,
-    ) -> None:
-        self._classes = list(CATS_DOGS_CLASSES)
-        super().__init__(root, filter=filter, val_fraction=val_fraction, test_fraction=test_fraction, cache_dir=cache_dir, **common)
+    def _read_classes(self) -> list[str]:
+        return list(CATS_DOGS_CLASSES)
 
     def _scan_root(self) -> Path:
         return self.root / CATS_DOGS_FOLDER

@@ -12,7 +12,6 @@ Files are checked once and recorded in a manifest, as for Cats vs Dogs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,19 +41,10 @@ class ImageFolderDataModule(ScannedImageDataModule):
 
     name = "folder"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        *,
-        filter: str = "decodes",  # noqa: A002 - the config key is data.filter
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        cache_dir: str | os.PathLike | None = None,
-        **common: Any,
-    ) -> None:
-        super().__init__(root, filter=filter, val_fraction=val_fraction, test_fraction=test_fraction, cache_dir=cache_dir, **common)
-        self.layout, self._classes, self._present = self._read_layout()
-        self._class_set = frozenset(self._classes)
+    def _read_classes(self) -> list[str]:
+        self.layout, classes, self._present = self._read_layout()
+        self._class_set = frozenset(classes)
+        return classes
 
     def _read_layout(self) -> tuple[str, list[str], frozenset[str]]:
         root = self.root
