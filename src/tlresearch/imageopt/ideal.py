@@ -22,14 +22,10 @@ GREY = 0.5  # anchor of the L1/L2 priors: they pull ideal images toward mid-grey
 
 
 @dataclass(frozen=True)
-class IdealSettings:
-    """Settings of the ideal-image task (``ideal.*`` in conf/visualize.yaml)."""
+class IdealSettings(ParamSettings):
+    """Settings of the ideal-image task (``ideal.*`` in conf/visualize.yaml): how the image is
+    parameterised (the inherited :class:`ParamSettings` fields), and how it is optimised."""
 
-    parameterization: str = "pixel"
-    init: str = "normal"
-    init_std: float | None = None
-    decorrelate: bool = True
-    decay_power: float = 1.0
     objective: str = "logit"
     objective_weight: float = 1.0
     steps: int = 256
@@ -40,17 +36,12 @@ class IdealSettings:
     eval_transforms: int = 8
 
     def validate(self, key: str) -> None:
-        self.param.validate(key)
+        super().validate(key)
         require_choice(f"{key}.objective", self.objective, OBJECTIVES)
         require(self.objective_weight > 0, f"{key}.objective_weight", self.objective_weight, "use a weight > 0.")
         require(self.steps >= 1, f"{key}.steps", self.steps, "use at least 1 step.")
         require(self.diversity >= 0, f"{key}.diversity", self.diversity, "use a weight >= 0 (0 switches it off).")
         require(self.eval_transforms >= 0, f"{key}.eval_transforms", self.eval_transforms, "use a count >= 0.")
-
-    @property
-    def param(self) -> ParamSettings:
-        """The parameterisation part of these settings."""
-        return ParamSettings(self.parameterization, self.init, self.init_std, self.decorrelate, self.decay_power)
 
 
 @dataclass
@@ -84,7 +75,7 @@ def optimize_ideal(
     network: FrozenClassifier, targets: torch.Tensor, settings: IdealSettings, image_size: int, generator: torch.Generator
 ) -> IdealResult:
     """Optimise ``len(targets)`` images from noise toward their target classes."""
-    param = make_param(settings.param, len(targets), image_size, generator)
+    param = make_param(settings, len(targets), image_size, generator)
     optimizer = make_optimizer(settings.optimizer, param.parameters())
     trace = torch.empty(len(targets), settings.steps, device=targets.device)
     for step in range(settings.steps):
