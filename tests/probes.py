@@ -66,3 +66,20 @@ class InterruptAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             raise KeyboardInterrupt
+
+
+class CheckpointFolderProbe(pl.Callback):
+    """Records, at the start of each training epoch after the first (when the previous epoch's
+    checkpoints are written), the files of ``checkpoints/`` and ``last.ckpt`` as stored on disk
+    (``torch.load`` of the file itself, not a reader that completes it)."""
+
+    def __init__(self) -> None:
+        self.files: dict[int, list[str]] = {}
+        self.last: dict[int, dict] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            return
+        folder = trainer.checkpoint_callback.dirpath
+        self.files[trainer.current_epoch] = sorted(os.listdir(folder))
+        self.last[trainer.current_epoch] = torch.load(os.path.join(folder, "last.ckpt"), map_location="cpu", weights_only=True)

@@ -29,6 +29,7 @@ from tlresearch.data.sampler import (
 )
 from tlresearch.resume import capture_rng_states, restore_rng_states
 from tlresearch.train import train
+from tlresearch.utils.checkpoint_io import read_checkpoint
 
 
 class RandomDraws(Dataset):
@@ -145,7 +146,8 @@ LAYER3, LAYER4 = "backbone.model.layer3.0.conv1.weight", "backbone.model.layer4.
 
 
 def read_last(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    """``last.ckpt`` complete (the frozen blocks a stopped run keeps in its frozen-state file put back)."""
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
 
 def assert_same_tensors(a, b, where: str = "") -> None:
@@ -179,10 +181,13 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     at_kill = read_last(run_dir)
     assert at_kill["global_step"] == 6
+    # Killed: layer3 (still frozen) stayed in the run's frozen-state file, which the resume reads.
+    assert LAYER3 not in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert not (run_dir / "metrics.json").exists()  # killed: no record, so a table shows the run as missing
     resumed_run = run_cli("tlresearch.train", *cli)
     assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
 
+    assert list((run_dir / "checkpoints").glob("frozen-*.pt")) == []  # finished: self-contained checkpoints
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"] == 15
     compared = [k for k, v in reference.items() if k.startswith(("test/", "val/")) and isinstance(v, float)]

@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer: pl.Trainer = instantiate_node(
         cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False,
-        plugins=[AtomicCheckpointIO()],  # last.ckpt is never left half-written (utils/checkpoint_io.py)
+        plugins=[checkpoint_io_for(loggers.values())],  # last.ckpt is never left half-written (utils/checkpoint_io.py)
     )
     write_run_provenance(out_dir, cfg, model, datamodule, trainer, ckpt_path)
     for lg in loggers.values():
@@ -83,10 +83,27 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: TransferClassifier
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except MisconfigurationException as exc:  # Lightning's verdict on settings it checks only during fit
         raise ConfigError(f"Lightning refused the settings: {exc}") from exc
+    make_checkpoints_self_contained(trainer)
     metrics = fit_metrics(trainer, model, callbacks, time.perf_counter() - start)
     if cfg.test_after_fit and not trainer.interrupted:
         metrics.update(test_best(trainer, model, datamodule, callbacks))
     return metrics
+
+
+def checkpoint_io_for(loggers) -> AtomicCheckpointIO:
+    """Our checkpoint writer. Frozen weights go to a once-per-run file (made whole when fit ends)
+    unless a logger uploads checkpoint files during fit (W&B ``log_model``): it must get them whole."""
+    uploads = any(getattr(lg, "_log_model", False) for lg in loggers)  # WandbLogger keeps log_model there
+    return AtomicCheckpointIO(frozen_once=not uploads)
+
+
+def make_checkpoints_self_contained(trainer: pl.Trainer) -> None:
+    """After fit, rewrite the checkpoints that keep frozen weights in a shared file as complete
+    files (:meth:`AtomicCheckpointIO.make_self_contained`); every rank waits for it before testing."""
+    checkpoint_io = trainer.strategy.checkpoint_io
+    if isinstance(checkpoint_io, AtomicCheckpointIO):
+        checkpoint_io.make_self_contained()  # a no-op where nothing was written: the other ranks
+    trainer.strategy.barrier("tlresearch.checkpoints_self_contained")
 
 
 def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) -> TransferClassifier:

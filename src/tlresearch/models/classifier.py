@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tlresearch.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbones import Backbone, Block
-from tlresearch.utils.checkpoint_io import read_checkpoint
+from tlresearch.utils.checkpoint_io import FROZEN_KEYS, read_checkpoint
 from tlresearch.utils.checks import check_argument_types
 from tlresearch.utils.instantiate import instantiate_node
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
@@ -156,6 +156,16 @@ class TransferClassifier(pl.LightningModule):
         newly = self.apply_schedule(self.current_epoch)
         if newly and self.current_epoch > 0:
             log.info("epoch %d: unfreezing %s", self.current_epoch, ", ".join(newly))
+
+    def frozen_state_keys(self) -> list[str]:
+        """The state_dict keys of the backbone blocks frozen now. Frozen blocks never change (no
+        gradient, BatchNorm in eval mode), so checkpoints write them once per run."""
+        frozen = [b for b in self.backbone.blocks if f"backbone.{b.name}" not in self._trainable_now]
+        return [f"backbone.model.{n}" for n in self.backbone.model.state_dict(keep_vars=True) if any(b.owns(n) for b in frozen)]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A hint to AtomicCheckpointIO, which writes these tensors once (utils/checkpoint_io.py).
+        checkpoint[FROZEN_KEYS] = self.frozen_state_keys()
 
     def logged_metrics(self) -> list[str]:
         """Names of the metrics logged during fit: what a checkpoint or early-stopping callback may monitor."""
