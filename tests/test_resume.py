@@ -27,6 +27,7 @@ from tlresearch.data.sampler import (
     SeededIndex,
     shuffled_loader,
 )
+from tlresearch.models.classifier import load_classifier
 from tlresearch.resume import capture_rng_states, restore_rng_states
 from tlresearch.train import train
 from tlresearch.utils.checkpoint_io import read_checkpoint
@@ -183,6 +184,7 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
     assert at_kill["global_step"] == 6
     # Killed: layer3 (still frozen) stayed in the run's frozen-state file, which the resume reads.
     assert LAYER3 not in torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(load_classifier(run_dir / "checkpoints" / "last.ckpt").state_dict()[LAYER3], at_kill["state_dict"][LAYER3])
     assert not (run_dir / "metrics.json").exists()  # killed: no record, so a table shows the run as missing
     resumed_run = run_cli("tlresearch.train", *cli)
     assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]

@@ -254,6 +254,8 @@ def test_ddp_ranks_extract_shards_that_merge_into_the_single_process_features(fo
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in ddp.stdout + ddp.stderr  # two processes really ran
+    # Rank 0 made the checkpoints whole before rank 1 tested the best one.
+    assert not list((tmp_path / "ddp" / "checkpoints").glob("frozen-*.pt"))
     train(compose_cfg("train", [*probe, f"paths.cache_dir={tmp_path / 'single-cache'}"], tmp_path / "single"))
 
     def stored(cache: Path) -> dict[str, torch.Tensor]:
