@@ -178,3 +178,25 @@ def test_checkpoints_are_whole_when_written_if_a_logger_uploads_them_during_fit(
         io = checkpoint_io_for([CSVLogger(tmp_path), WandbLogger(save_dir=tmp_path, log_model=log_model)])
         io.save_checkpoint(checkpoint_of(state, ["backbone.w"]), tmp_path / "last.ckpt")
         assert frozen_files(tmp_path) == [] and list(on_disk(tmp_path / "last.ckpt")["state_dict"]) == list(state)
+
+
+def test_a_new_writer_makes_an_earlier_processes_checkpoints_whole(tmp_path, state):
+    AtomicCheckpointIO().save_checkpoint(checkpoint_of(state, ["backbone.w"]), tmp_path / "last.ckpt")  # a killed process
+    assert AtomicCheckpointIO().make_self_contained([tmp_path]) == [tmp_path / "last.ckpt"]
+    assert frozen_files(tmp_path) == [] and list(on_disk(tmp_path / "last.ckpt")["state_dict"]) == list(state)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_its_last_checkpoint_ends_whole_when_resumed(folder_root, tmp_path):
+    overrides = [*FAST, "data=folder", f"data.root={folder_root}", "finetune=linear_probe", "resume=auto"]
+    train(compose_cfg("train", overrides, tmp_path))
+    # As if killed after the last epoch's checkpoints, before they were made whole.
+    folder = tmp_path / "checkpoints"
+    for path in folder.glob("*.ckpt"):
+        ckpt = read_checkpoint(path)
+        ckpt[FROZEN_KEYS] = [k for k in ckpt["state_dict"] if k.startswith("backbone.")]
+        AtomicCheckpointIO().save_checkpoint(ckpt, path)
+    assert frozen_files(folder) and all(FROZEN_STATE in on_disk(p) for p in folder.glob("*.ckpt"))
+    metrics, _ = train(compose_cfg("train", overrides, tmp_path))  # nothing left to fit
+    assert metrics["status"] == "completed" and metrics["test/acc"] > 0
+    assert frozen_files(folder) == [] and all(FROZEN_STATE not in on_disk(p) for p in folder.glob("*.ckpt"))

@@ -101,8 +101,9 @@ def make_checkpoints_self_contained(trainer: pl.Trainer) -> None:
     """After fit, rewrite the checkpoints that keep frozen weights in a shared file as complete
     files (:meth:`AtomicCheckpointIO.make_self_contained`); every rank waits for it before testing."""
     checkpoint_io = trainer.strategy.checkpoint_io
-    if isinstance(checkpoint_io, AtomicCheckpointIO):
-        checkpoint_io.make_self_contained()  # a no-op where nothing was written: the other ranks
+    if isinstance(checkpoint_io, AtomicCheckpointIO) and trainer.is_global_zero:
+        folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        checkpoint_io.make_self_contained(folders)
     trainer.strategy.barrier("tlresearch.checkpoints_self_contained")
 
 

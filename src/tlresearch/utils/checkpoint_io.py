@@ -33,8 +33,8 @@ import os
 import pickle
 import uuid
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,15 +116,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         rest = {k: v for k, v in state.items() if k not in frozen}
         return {**checkpoint, "state_dict": rest, FROZEN_STATE: reference}
 
-    def make_self_contained(self) -> list[Path]:
-        """Rewrite the checkpoints of every folder this writer put a frozen-state file in as
-        complete files, then delete the frozen-state files; return the rewritten checkpoints.
+    def make_self_contained(self, folders: Iterable[str | os.PathLike] = ()) -> list[Path]:
+        """Rewrite the checkpoints that refer to a frozen-state file as complete files, then
+        delete the frozen-state files; return the rewritten checkpoints.
 
-        Called when fit ends. A checkpoint that cannot be rewritten (a full disk) is left as it
-        is with its frozen-state files, and a warning says so: it still loads.
+        Looks in ``folders`` (the run's checkpoint folders: a resumed run may end without writing,
+        leaving an earlier process's references) and wherever this writer put a frozen-state file.
+        Called when fit ends, on one process. A checkpoint that cannot be rewritten (a full disk)
+        is left as it is with the frozen-state files, and a warning says so: it still loads.
         """
         rewritten: list[Path] = []
-        for folder in list(self._frozen_files):
+        for folder in {*map(Path, folders), *self._frozen_files}:
             try:
                 for path in sorted(folder.glob("*.ckpt")):
                     if FROZEN_STATE in _load_checkpoint_file(path, str(path), map_location="cpu", mmap=True):
@@ -136,8 +138,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 continue
             for file in folder.glob(_FROZEN_FILE_GLOB):
                 file.unlink(missing_ok=True)
-            del self._frozen_files[folder]
-        return rewritten
+            self._frozen_files.pop(folder, None)
+        return sorted(rewritten)
 
 
 @dataclass
@@ -152,7 +154,7 @@ class _FrozenStateFile:
     path: Path
     id: str
     tensors: dict[str, torch.Tensor]
-    versions: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int]
 
     @classmethod
     def write(cls, folder: Path, tensors: dict[str, torch.Tensor]) -> "_FrozenStateFile":
