@@ -200,3 +200,14 @@ def test_a_run_stopped_after_its_last_checkpoint_ends_whole_when_resumed(folder_
     metrics, _ = train(compose_cfg("train", overrides, tmp_path))  # nothing left to fit
     assert metrics["status"] == "completed" and metrics["test/acc"] > 0
     assert frozen_files(folder) == [] and all(FROZEN_STATE not in on_disk(p) for p in folder.glob("*.ckpt"))
+
+
+def test_a_frozen_inference_tensor_is_written_with_every_checkpoint(tmp_path, state):
+    # A buffer created under torch.inference_mode has no version counter to prove it unchanged.
+    with torch.inference_mode():
+        state["backbone.cache"] = torch.arange(4.0)
+    io = AtomicCheckpointIO()
+    for step in range(2):
+        io.save_checkpoint(checkpoint_of(state, ["backbone.w", "backbone.cache"], step), tmp_path / "last.ckpt")
+    assert len(frozen_files(tmp_path)) == 2
+    assert torch.equal(read_checkpoint(tmp_path / "last.ckpt")["state_dict"]["backbone.cache"], torch.arange(4.0))

@@ -154,27 +154,34 @@ class _FrozenStateFile:
     path: Path
     id: str
     tensors: dict[str, torch.Tensor]
-    versions: dict[str, int]
+    versions: dict[str, int | None]
 
     @classmethod
     def write(cls, folder: Path, tensors: dict[str, torch.Tensor]) -> "_FrozenStateFile":
         file_id = uuid.uuid4().hex
         path = folder / f"frozen-{file_id[:12]}.pt"
         atomic_write(path, lambda tmp: torch.save({"id": file_id, "state_dict": tensors}, tmp))
-        return cls(path, file_id, dict(tensors), {k: t._version for k, t in tensors.items()})
+        return cls(path, file_id, dict(tensors), {k: _version_of(t) for k, t in tensors.items()})
 
     def holds(self, tensors: dict[str, torch.Tensor]) -> bool:
         """Whether the file holds the current values of all of ``tensors``."""
         return self.path.is_file() and all(self._unchanged(k, t) for k, t in tensors.items())
 
     def _unchanged(self, key: str, tensor: torch.Tensor) -> bool:
-        saved = self.tensors.get(key)
+        saved, version = self.tensors.get(key), self.versions.get(key)
         return (
             saved is not None
+            and version is not None
             and tensor.data_ptr() == saved.data_ptr()
-            and tensor._version == self.versions[key]
+            and _version_of(tensor) == version
             and (tensor.shape, tensor.stride(), tensor.dtype, tensor.device) == (saved.shape, saved.stride(), saved.dtype, saved.device)
         )
+
+
+def _version_of(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter; None for an inference tensor (created under
+    ``torch.inference_mode``), which has none: it then counts as changed at every save."""
+    return None if tensor.is_inference() else tensor._version
 
 
 def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", *, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
