@@ -8,6 +8,7 @@ kills real subprocesses.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import signal
@@ -151,6 +152,11 @@ def read_last(run_dir: Path) -> dict:
     return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
 
 
+def read_csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def assert_same_tensors(a, b, where: str = "") -> None:
     """``a`` and ``b`` (nested dicts/lists of tensors and plain values) are bitwise equal."""
     if isinstance(a, torch.Tensor):
@@ -203,6 +209,36 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
     assert not torch.equal(final["state_dict"][LAYER4], at_kill["state_dict"][LAYER4])
     assert not torch.equal(final["state_dict"][LAYER3], at_kill["state_dict"][LAYER3])
 
+    # metrics.csv: the killed part's rows, then the resumed part's, as in the uninterrupted run. Only
+    # the training aggregates of epoch 1, where the resume happened mid-epoch, cover fewer batches
+    # (Lightning does not checkpoint the running epoch aggregates).
+    rows, expected_rows = read_csv_rows(run_dir), read_csv_rows(reference_dir)
+    assert len(rows) == len(expected_rows) == 37
+    interrupted_epoch_train = [i for i, r in enumerate(expected_rows) if r["epoch"] == "1" and r["train/acc"]]
+    assert len(interrupted_epoch_train) == 1
+    for i, (row, expected_row) in enumerate(zip(rows, expected_rows)):
+        if i not in interrupted_epoch_train:
+            assert row == expected_row, i
+
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert provenance["previous"]["run"]["resumed_from"] is None  # the killed first part
+
+
+def test_a_resumed_csv_log_keeps_the_rows_before_the_resumed_step_and_appends(tmp_path):
+    from tlresearch.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(tmp_path, name="csv", version="")
+    for step in range(5):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    resumed = ResumableCSVLogger(tmp_path, name="csv", version="")
+    resumed.continue_from(3)  # steps 3 and 4 are logged again by the resumed run
+    resumed.log_metrics({"train/loss": 30.0, "val/acc": 0.5}, step=3)  # a new column widens the header
+    resumed.save()
+    rows = read_csv_rows(tmp_path)
+    assert [(r["step"], r["train/loss"], r["val/acc"]) for r in rows] == [("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "30.0", "0.5")]
+    fresh = ResumableCSVLogger(tmp_path, name="csv", version="")  # not resumed: a new log, as Lightning's
+    fresh.log_metrics({"train/loss": 7.0}, step=0)
+    fresh.save()
+    assert [r["train/loss"] for r in read_csv_rows(tmp_path)] == ["7.0"]

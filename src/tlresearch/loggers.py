@@ -1,13 +1,20 @@
-"""Logger factories: W&B that falls back to offline mode (and says so) without an API key."""
+"""Loggers: W&B that falls back to offline mode (and says so) without an API key; a CSV logger
+whose metrics.csv survives a resume."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+from tlresearch.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +81,65 @@ def wandb_logger(
         )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return ReportingWandbLogger(save_dir=save_dir, project=project, offline=offline, group=group, tags=tags, **kwargs)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger``, whose ``metrics.csv`` survives a resume.
+
+    Lightning's writer deletes the ``metrics.csv`` it finds when it starts, so the curves of a
+    resumed run would begin at the resume. After :meth:`continue_from` (which ``train`` calls
+    with the resumed checkpoint's step, before anything is logged) the rows logged before that
+    step are kept, the ones after it dropped (the resumed run logs those steps again), and the
+    run appends after them. Arguments are ``CSVLogger``'s.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept: tuple[list[str], list[dict[str, str]]] | None = None
+
+    def continue_from(self, step: int) -> None:
+        """Keep the rows of the existing ``metrics.csv`` whose step is below ``step``."""
+        if self._experiment is not None:
+            raise RuntimeError("ResumableCSVLogger.continue_from() must be called before anything is logged.")
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            return
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = [row for row in reader if _logged_before(row, step)]
+            self._kept = (list(reader.fieldnames or []), rows)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        writer = super().experiment  # deletes the old metrics.csv
+        if self._kept is not None:
+            header, rows = self._kept
+            writer.metrics_keys = header  # later rows with new columns rewrite the file with a wider header
+            atomic_write(writer.metrics_file_path, lambda tmp: _write_rows(tmp, header, rows))
+            self._kept = None
+        return writer
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    try:
+        return float(row.get("step") or "nan") < step
+    except ValueError:
+        return False
+
+
+def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def continue_logs(loggers: Iterable[Logger], step: int) -> None:
+    """Tell the loggers that keep files across a resume (:class:`ResumableCSVLogger`) that the
+    run resumes at ``step``."""
+    for lg in loggers:
+        if isinstance(lg, ResumableCSVLogger):
+            lg.continue_from(step)

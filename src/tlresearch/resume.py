@@ -197,8 +197,9 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_resume_checkpoint(path: str | Path, model: pl.LightningModule, key: str = "ckpt_path") -> None:
-    """Raise a ConfigError unless the checkpoint at ``path`` can continue training ``model``.
+def check_resume_checkpoint(path: str | Path, model: pl.LightningModule, key: str = "ckpt_path") -> int:
+    """Raise a ConfigError unless the checkpoint at ``path`` can continue training ``model``;
+    return its global step (where the resumed run continues).
 
     It must be a full training checkpoint (optimizer and loop state, not weights only), readable
     with ``weights_only=True``, of a model with the same classes, backbone, freeze schedule,
@@ -220,3 +221,4 @@ def check_resume_checkpoint(path: str | Path, model: pl.LightningModule, key: st
             f"config: {'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}. Resume with the settings of that run "
             "(its .hydra/overrides.yaml), or start a new run without ckpt_path/resume."
         )
+    return int(ckpt.get("global_step", 0))

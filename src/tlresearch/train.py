@@ -23,6 +23,7 @@ from tlresearch.callbacks import ThroughputMonitor
 from tlresearch.errors import ConfigError
 from tlresearch.finetune.cache import maybe_cache_features
 from tlresearch.finetune.logistic import LogisticProbe, fit_logistic_protocol
+from tlresearch.loggers import continue_logs
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.wandb_report import report_and_finish
@@ -51,12 +52,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
     datamodule.set_preprocessing(model.backbone.preprocessing)
     ckpt_path = resume_checkpoint(cfg, out_dir)
+    resumed_step = None
     if ckpt_path is not None:  # refuse a checkpoint of another setup now, not after minutes of setup
-        check_resume_checkpoint(ckpt_path, model, "ckpt_path" if cfg.get("ckpt_path") else "resume=auto: checkpoint")
+        resumed_step = check_resume_checkpoint(ckpt_path, model, "ckpt_path" if cfg.get("ckpt_path") else "resume=auto: checkpoint")
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     check_monitors(callbacks, model.logged_metrics())
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    if resumed_step is not None:
+        continue_logs(loggers.values(), resumed_step)  # metrics.csv keeps the rows before the resumed step
     trainer: pl.Trainer = instantiate_node(
         cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False,
         plugins=[checkpoint_io_for(loggers.values())],  # last.ckpt is never left half-written (utils/checkpoint_io.py)
