@@ -14,7 +14,6 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
-from tlresearch.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +94,16 @@ class ResumableCSVLogger(CSVLogger):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._kept: tuple[list[str], list[dict[str, str]]] | None = None
+        self._kept_rows: list[dict[str, str]] = []
 
     def continue_from(self, step: int) -> None:
         """Keep the rows of the existing ``metrics.csv`` whose step is below ``step``."""
         if self._experiment is not None:
             raise RuntimeError("ResumableCSVLogger.continue_from() must be called before anything is logged.")
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
-        if not path.is_file():
-            return
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = [row for row in reader if _logged_before(row, step)]
-            self._kept = (list(reader.fieldnames or []), rows)
+        if path.is_file():
+            with open(path, newline="") as fh:
+                self._kept_rows = [row for row in csv.DictReader(fh) if _logged_before(row, step)]
 
     @property
     @rank_zero_experiment
@@ -115,11 +111,9 @@ class ResumableCSVLogger(CSVLogger):
         if self._experiment is not None:
             return self._experiment
         writer = super().experiment  # deletes the old metrics.csv
-        if self._kept is not None:
-            header, rows = self._kept
-            writer.metrics_keys = header  # later rows with new columns rewrite the file with a wider header
-            atomic_write(writer.metrics_file_path, lambda tmp: _write_rows(tmp, header, rows))
-            self._kept = None
+        if self._kept_rows:  # written back by Lightning's own writer (its header: the sorted columns)
+            writer.metrics, self._kept_rows = self._kept_rows, []
+            writer.save()
         return writer
 
 
@@ -128,13 +122,6 @@ def _logged_before(row: dict[str, str], step: int) -> bool:
         return float(row.get("step") or "nan") < step
     except ValueError:
         return False
-
-
-def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def continue_logs(loggers: Iterable[Logger], step: int) -> None:
