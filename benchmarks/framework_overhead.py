@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from tlresearch.data.generate import generate_folder  # noqa: E402
 from tlresearch.train import build_classifier  # noqa: E402
-from tlresearch.utils.instantiate import instantiate_node  # noqa: E402
+from tlresearch.core.instantiate import instantiate_node  # noqa: E402
 
 EPOCHS = 2
 

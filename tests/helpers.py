@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from tlresearch.utils.entry import config_dir
+from tlresearch.runner.entry import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ and the fix, and a non-zero exit code; never a traceback.
 Most cases run in-process through the real entry point (``tlresearch.train.main`` with a patched
 ``sys.argv``: Hydra's parsing, composition and error reporting, then ``run_task``); a few run as
 real subprocesses. Exit codes: 1 for mistakes Hydra reports itself (unknown key or config-group
-option), 2 for a :class:`~tlresearch.errors.ConfigError`.
+option), 2 for a :class:`~tlresearch.core.errors.ConfigError`.
 """
 
 from __future__ import annotations

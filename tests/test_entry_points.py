@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, compose_cfg, run_cli
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.evaluate import evaluate
 from tlresearch.predict import predict
 from tlresearch.train import train

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 from tests.helpers import FAST, compose_cfg, run_cli
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.train import train
-from tlresearch.utils.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, read_checkpoint
-from tlresearch.utils.entry import run_task
-from tlresearch.utils.io import OutputWriteError, write_json_atomic
+from tlresearch.checkpoints.storage import AtomicCheckpointIO, CheckpointWriteError, read_checkpoint
+from tlresearch.runner.entry import run_task
+from tlresearch.core.files import OutputWriteError, write_json_atomic
 
 #: 18 training images in batches of 4: 5 steps per epoch; last.ckpt after every step.
 STEPPED = [*FAST, "data=folder", "data.batch_size=4", "trainer.max_epochs=1", "test_after_fit=false",

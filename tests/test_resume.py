@@ -29,9 +29,9 @@ from tlresearch.data.sampler import (
     shuffled_loader,
 )
 from tlresearch.models.classifier import load_classifier
-from tlresearch.resume import capture_rng_states, restore_rng_states
+from tlresearch.checkpoints.resume import capture_rng_states, restore_rng_states
 from tlresearch.train import train
-from tlresearch.utils.checkpoint_io import read_checkpoint
+from tlresearch.checkpoints.storage import read_checkpoint
 
 
 class RandomDraws(Dataset):
@@ -226,7 +226,7 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
 
 
 def test_a_resumed_csv_log_keeps_the_rows_before_the_resumed_step_and_appends(tmp_path):
-    from tlresearch.loggers import ResumableCSVLogger
+    from tlresearch.runner.loggers import ResumableCSVLogger
 
     first = ResumableCSVLogger(tmp_path, name="csv", version="")
     for step in range(5):

@@ -90,7 +90,7 @@ def initial_backbone_state(cfg) -> dict:
     import pytorch_lightning as pl
 
     from tlresearch.train import build_classifier
-    from tlresearch.utils.instantiate import instantiate_node
+    from tlresearch.core.instantiate import instantiate_node
 
     pl.seed_everything(cfg.seed, workers=True)
     dm = instantiate_node(cfg.data, "data")

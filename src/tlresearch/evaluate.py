@@ -10,11 +10,11 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import TransferClassifier, load_classifier
-from tlresearch.utils.entry import config_dir, run_task
-from tlresearch.utils.instantiate import instantiate_node
-from tlresearch.utils.io import write_json_atomic
+from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.core.instantiate import instantiate_node
+from tlresearch.core.files import write_json_atomic
 
 log = logging.getLogger("tlresearch.evaluate")
 SPLITS = ("train", "val", "test")

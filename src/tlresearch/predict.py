@@ -11,10 +11,10 @@ from omegaconf import DictConfig
 
 from tlresearch.data.transforms import eval_transform
 from tlresearch.data.user_images import expand_image_paths, open_user_image
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import load_classifier
-from tlresearch.utils.entry import config_dir, run_task
-from tlresearch.utils.io import write_json_atomic
+from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.core.files import write_json_atomic
 
 
 def predict(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:

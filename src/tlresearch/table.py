@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.results.records import find_runs
 from tlresearch.results.table import DEFAULT_METRIC, FORMATS, build_table, render
 

@@ -19,20 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from tlresearch.callbacks import ThroughputMonitor
-from tlresearch.errors import ConfigError
+from tlresearch.runner.callbacks import ThroughputMonitor
+from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.cache import maybe_cache_features
 from tlresearch.finetune.logistic import LogisticProbe, fit_logistic_protocol
-from tlresearch.loggers import continue_logs
+from tlresearch.runner.loggers import continue_logs
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.wandb_report import report_and_finish
-from tlresearch.resume import check_resume_checkpoint
-from tlresearch.utils.checkpoint_io import AtomicCheckpointIO
-from tlresearch.utils.checks import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
-from tlresearch.utils.entry import config_dir, run_task
-from tlresearch.utils.instantiate import instantiate_group, instantiate_node
-from tlresearch.utils.io import write_json_atomic
+from tlresearch.checkpoints.resume import check_resume_checkpoint
+from tlresearch.checkpoints.storage import AtomicCheckpointIO
+from tlresearch.core.config import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
+from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.core.instantiate import instantiate_group, instantiate_node
+from tlresearch.core.files import write_json_atomic
 
 log = logging.getLogger("tlresearch.train")
 
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         continue_logs(loggers.values(), resumed_step)  # metrics.csv keeps the rows before the resumed step
     trainer: pl.Trainer = instantiate_node(
         cfg.trainer, "trainer", callbacks=list(callbacks.values()), logger=list(loggers.values()) or False,
-        plugins=[checkpoint_io_for(loggers.values())],  # last.ckpt is never left half-written (utils/checkpoint_io.py)
+        plugins=[checkpoint_io_for(loggers.values())],  # last.ckpt is never left half-written (checkpoints/storage.py)
     )
     write_run_provenance(out_dir, cfg, model, datamodule, trainer, ckpt_path)
     for lg in loggers.values():

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tlresearch.errors import ConfigError, suggest
+from tlresearch.core.errors import ConfigError, suggest
 from tlresearch.imageopt.attacks import AttackSettings
 from tlresearch.imageopt.ideal import IdealSettings
 from tlresearch.imageopt.images import SourceImages, dataset_split_sources, decode_sources, load_source_images, to_float
@@ -50,10 +50,10 @@ from tlresearch.imageopt.network import (
     slug,
 )
 from tlresearch.imageopt.render import attack_grid, ideal_grid, log_to_wandb, save_png
-from tlresearch.imageopt.settings import from_node, plain, require, require_choice
-from tlresearch.utils.entry import config_dir, run_task
-from tlresearch.utils.instantiate import instantiate_group, instantiate_node
-from tlresearch.utils.io import atomic_write, write_json_atomic
+from tlresearch.core.config import from_node, plain, require, check_choice
+from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.core.instantiate import instantiate_group, instantiate_node
+from tlresearch.core.files import atomic_write, write_json_atomic
 
 log = logging.getLogger("tlresearch.visualize")
 
@@ -186,7 +186,7 @@ def source_images(cfg: DictConfig, network: FrozenClassifier, image_size: int) -
     max_images = cfg.get("max_images")
     require(max_images is None or int(max_images) >= 1, "max_images", max_images, "use at least 1, or null for the whole split.")
     split = cfg.get("data_split", "test")
-    require_choice("data_split", split, ("train", "val", "test"))
+    check_choice("data_split", split, ("train", "val", "test"))
     paths, class_names = dataset_split_sources(datamodule, split, max_images)
     if not paths:
         raise ConfigError(f"data_split={cfg.get('data_split')!r} of the data config holds no image; pick another split (train | val | test).")

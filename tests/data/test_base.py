@@ -17,7 +17,7 @@ from tlresearch.data import base
 from tlresearch.data.base import Sample, split_counts, stratified_split, take_per_class, to_rgb
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.transforms import Augmentation, Preprocessing
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def samples(per_group: dict[str, int]) -> list[Sample]:

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import CATS_DOGS_IMAGES_PER_CLASS
 from tlresearch.data import base
 from tlresearch.data.cats_dogs import CATS_DOGS_URL, CatsDogsDataModule
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 #: The reason each planted kind of bad file must be dropped with, per filter (None: kept).
 EXPECTED_REASON = {

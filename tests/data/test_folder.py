@@ -17,7 +17,7 @@ from tlresearch.data import base
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.generate import exif_only_jpeg, generate_folder
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def folder(root, **kwargs) -> ImageFolderDataModule:

@@ -8,7 +8,7 @@ import torch
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.memory import InMemoryImages
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def datamodule(root, tmp_path, **kwargs) -> ImageFolderDataModule:

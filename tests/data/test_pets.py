@@ -14,7 +14,7 @@ from torchvision.datasets import OxfordIIITPet
 from tests.conftest import PETS_BREEDS, PETS_IMAGES_PER_BREED
 from tlresearch.data.pets import PET_BREEDS, OxfordPetsDataModule
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def pets(root, **kwargs) -> OxfordPetsDataModule:

@@ -28,7 +28,7 @@ from tlresearch.finetune.cache import (
     module_digest,
 )
 from tlresearch.train import build_classifier, train
-from tlresearch.utils.instantiate import instantiate_node
+from tlresearch.core.instantiate import instantiate_node
 
 PROBE = [*FAST, "finetune=linear_probe", "data.augment.enabled=false", "data.val_per_class=2"]
 

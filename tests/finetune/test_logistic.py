@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import FAST, compose_cfg
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.evaluate import evaluate
 from tlresearch.finetune.logistic import LogisticProbe, fit_multinomial_logistic, l2_grid, regularization_path
 from tlresearch.models.classifier import load_classifier

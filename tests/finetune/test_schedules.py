@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.full import FullFinetune
 from tlresearch.finetune.gradual import GradualUnfreeze
 from tlresearch.finetune.layer_decay import LayerDecay

@@ -8,7 +8,7 @@ import pytest
 
 from tlresearch.imageopt.attacks import AttackSettings
 from tlresearch.imageopt.ideal import IdealSettings
-from tlresearch.utils.entry import config_dir
+from tlresearch.runner.entry import config_dir
 from tlresearch.visualize import task_settings
 
 from .conftest import compose_visualize

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.imageopt.network import network_from_checkpoint, resolve_class
 from tlresearch.visualize import visualize
 

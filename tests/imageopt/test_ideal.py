@@ -7,7 +7,7 @@ import torch
 from tlresearch.imageopt.ideal import IdealSettings, optimize_ideal
 from tlresearch.imageopt.jobs import job_generator
 from tlresearch.imageopt.regularizers import total_variation
-from tlresearch.imageopt.settings import from_node
+from tlresearch.core.config import from_node
 
 from .conftest import SIZE
 

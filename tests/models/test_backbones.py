@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.models.backbones import create_backbone
-from tlresearch.utils.entry import config_dir
+from tlresearch.runner.entry import config_dir
 
 TORCHVISION_CONFIGS = sorted(p.stem for p in (config_dir() / "backbone").glob("*.yaml") if not p.stem.startswith("_") and p.stem != "timm")
 

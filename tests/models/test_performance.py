@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.models.performance import autocast_for, channels_last_wanted, device_of_trainer_config
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.results.plots import plot_confusion_matrix, plot_training_curves, read_metrics_csv
 
 COLUMNS = ["epoch", "lr-SGD", "lr-SGD/pg1", "step", "train/acc_epoch", "train/acc_step", "train/loss_epoch",

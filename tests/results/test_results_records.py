@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.results.records import Run, expand_grid, find_runs, load_run
 
 

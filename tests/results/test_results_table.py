@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.results.records import find_runs
 from tlresearch.results.table import (
     Table,

@@ -1,7 +1,7 @@
 """Hydra multirun + Lightning DDP (2 CPU processes, gloo): one directory and one W&B run per job.
 
 Lightning re-launches ranks > 0 by re-running the command line; in a multirun that re-runs the
-whole sweep (see src/tlresearch/utils/distributed.py). These tests run the real thing.
+whole sweep (see src/tlresearch/runner/distributed.py). These tests run the real thing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 
 from tests.helpers import FAST, run_cli
 from tests.sweeps.wandb_records import offline_runs
-from tlresearch.utils.distributed import hydra_quote, module_name
+from tlresearch.runner.distributed import hydra_quote, module_name
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=1"]
 
@@ -68,8 +68,8 @@ def test_relaunch_command_is_this_job_as_a_single_run(tmp_path: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from tlresearch.utils.distributed import job_relaunch_command
-    from tlresearch.utils.entry import config_dir
+    from tlresearch.runner.distributed import job_relaunch_command
+    from tlresearch.runner.entry import config_dir
 
     job_dir = tmp_path / 'my "sweep"' / "3"
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import FAST, compose_cfg
 from tlresearch.results.records import expand_grid
-from tlresearch.utils.entry import config_dir
+from tlresearch.runner.entry import config_dir
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 REPO = config_dir().parent

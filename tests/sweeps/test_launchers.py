@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.helpers import FAST, run_cli
 from tlresearch.results.records import find_runs
-from tlresearch.utils.entry import config_dir
+from tlresearch.runner.entry import config_dir
 
 
 def compose_with_hydra(overrides: list[str]):

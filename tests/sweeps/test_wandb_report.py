@@ -73,7 +73,7 @@ def test_wandb_logger_goes_offline_without_a_key_and_says_so(tmp_path: Path, mon
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose_cfg("train", ["logger=wandb", "seed=3", "optimizer.lr=0.1"], tmp_path)
-    with caplog.at_level(logging.WARNING, logger="tlresearch.loggers"):
+    with caplog.at_level(logging.WARNING, logger="tlresearch.runner.loggers"):
         logger = instantiate(cfg.logger.wandb)
     assert "no API key found" in caplog.text and "wandb sync" in caplog.text
     assert logger._offline
@@ -84,7 +84,7 @@ def test_wandb_logger_goes_offline_without_a_key_and_says_so(tmp_path: Path, mon
 
 def test_a_failing_report_marks_the_wandb_run_failed_but_does_not_raise(caplog: pytest.LogCaptureFixture) -> None:
     """A finished training run stays finished when W&B logging breaks at the end."""
-    from tlresearch.loggers import ReportingWandbLogger
+    from tlresearch.runner.loggers import ReportingWandbLogger
 
     class BrokenRun:
         exit_code = None

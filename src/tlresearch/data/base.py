@@ -45,8 +45,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tlresearch.errors import ConfigError, suggest
-from tlresearch.utils.io import write_json_atomic
+from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int
+from tlresearch.core.errors import ConfigError
+from tlresearch.core.files import write_json_atomic
 
 from .sampler import ResumableTrainData
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
@@ -642,37 +643,11 @@ def download_file(url: str, dest_dir: Path, filename: str, *, what: str, md5: st
 # --------------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (what Hydra passes for nested config) as plain Python objects."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra-core is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _dataclass_from(cls: type, value: Any, key: str) -> Any:
-    value = _plain(value)
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        names = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{key}={value!r}: expected a mapping of {cls.__name__} fields ({names}).")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for name in value:
-        if name not in names:
-            raise ConfigError(f"{key}.{name}: unknown field (allowed: {', '.join(names)}).{suggest(name, names)}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    return cls(**fields)
-
-
 def coerce_augmentation(value: Any) -> Augmentation:
     """``None`` (the default augmentation), an :class:`Augmentation`, or a mapping of its fields."""
     if value is None:
         return Augmentation()
-    aug = _dataclass_from(Augmentation, value, "data.augment")
+    aug = from_node(Augmentation, value, "data.augment")
     scale = aug.scale
     if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale) or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"data.augment.scale={list(scale)!r}: must be [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0].")
@@ -687,11 +662,7 @@ def coerce_preprocessing(value: Any) -> Preprocessing:
     """
     if value is None:
         return Preprocessing()
-    return _dataclass_from(Preprocessing, value, "preprocessing")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return from_node(Preprocessing, value, "preprocessing")
 
 
 def auto_num_workers() -> int:
@@ -707,7 +678,7 @@ def resolve_num_workers(value: int | str) -> int:
     """``"auto"`` -> :func:`auto_num_workers`; a non-negative int is used as is."""
     if value == "auto":
         return auto_num_workers()
-    if _is_int(value) and value >= 0:
+    if is_int(value) and value >= 0:
         return int(value)
     raise ConfigError(f"data.num_workers={value!r}: must be a non-negative integer or 'auto' (min(8, CPUs - 1)).")
 
@@ -726,22 +697,6 @@ def _check_root(root: Any) -> Path:
         raise ConfigError(f"data.root={root!r}: must be a directory path, e.g. data.root=/datasets/pets.")
     # Absolute now, so messages, manifests and describe() do not depend on a later chdir.
     return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
-
-
-def _check_positive_int(key: str, value: Any, *, optional: bool = False) -> int | None:
-    if optional and value is None:
-        return None
-    if not _is_int(value) or value < 1:
-        hint = " or null" if optional else ""
-        raise ConfigError(f"{key}={value!r}: must be a positive integer{hint}.")
-    return int(value)
-
-
-def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices``, else a ConfigError naming ``key``."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(choices)}.{suggest(str(value), choices)}")
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,21 +765,15 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
     ) -> None:
         super().__init__()
         self.root = _check_root(root)
-        self.batch_size = _check_positive_int("data.batch_size", batch_size)
+        self.batch_size = check_int("data.batch_size", batch_size, minimum=1)
         self.num_workers = resolve_num_workers(num_workers)
-        if not _is_int(seed):
-            raise ConfigError(f"data.seed={seed!r}: must be an integer.")
-        self.seed = int(seed)
-        if not isinstance(download, bool):
-            raise ConfigError(f"data.download={download!r}: must be true or false.")
-        self.download = download
+        self.seed = check_int("data.seed", seed)
+        self.download = check_bool("data.download", download)
         self.augmentation = coerce_augmentation(augment)
         self.preprocessing = coerce_preprocessing(preprocessing)
         self.pin_memory = resolve_pin_memory(pin_memory)
-        self.max_per_class = _check_positive_int("data.max_per_class", max_per_class, optional=True)
-        if not isinstance(in_memory, bool):
-            raise ConfigError(f"data.in_memory={in_memory!r}: must be true or false.")
-        self.in_memory = in_memory
+        self.max_per_class = check_int("data.max_per_class", max_per_class, minimum=1, optional=True)
+        self.in_memory = check_bool("data.in_memory", in_memory)
         self._in_memory: dict[str, Any] = {}  # split -> images held in RAM (data/memory.py)
         self._classes: list[str] = getattr(self, "_classes", [])
         self._splits: dict[str, list[Sample]] | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path, PurePosixPath
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 from .base import ScannedImageDataModule, download_file, safe_extract_zip
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 from .base import ScannedImageDataModule
 

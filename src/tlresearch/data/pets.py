@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 from .base import ImageClassificationDataModule, Sample, check_choice, check_fractions, network_error, stratified_split
 

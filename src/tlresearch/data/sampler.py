@@ -11,7 +11,7 @@ Three pieces make the order and the augmentation of every training image a pure 
   saved and restored around it: augmentation neither depends on nor disturbs the RNG the
   training step uses (dropout), and it is the same with 0 or 8 worker processes;
 * the sampler also holds the training position (epoch, samples trained on), which
-  :class:`tlresearch.resume.ResumeState` updates after each training batch (only the trainer
+  :class:`tlresearch.checkpoints.resume.ResumeState` updates after each training batch (only the trainer
   knows which batches were trained on: the loader runs ahead, Lightning prefetches a batch and
   worker processes more). It goes into every checkpoint, and a resumed run continues with the
   samples the interrupted run had not trained on yet, in the same order.

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from tlresearch.data.base import IMAGE_EXTENSIONS, load_rgb
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def expand_image_paths(patterns: Sequence[str] | str | None, key: str = "images") -> list[Path]:

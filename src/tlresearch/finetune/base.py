@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 @dataclass

@@ -39,9 +39,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tlresearch.data.base import ImageClassificationDataModule, ImageListDataset, Sample, SplitLoaders
 from tlresearch.data.sampler import SeededIndex, mix_seed, seeded_rng, shuffled_loader
 from tlresearch.data.transforms import Preprocessing, eval_transform, train_transform
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.models.performance import autocast_for, channels_last_wanted, to_channels_last
-from tlresearch.utils.io import atomic_write, write_json_atomic
+from tlresearch.core.files import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 
 

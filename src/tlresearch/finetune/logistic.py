@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.base import check_positive
 from tlresearch.finetune.cache import cached_datamodule
 from tlresearch.finetune.linear_probe import LinearProbe
 from tlresearch.models.classifier import TransferClassifier, classification_metrics
 from tlresearch.models.performance import device_of_trainer_config
-from tlresearch.utils.io import atomic_write, write_json_atomic
+from tlresearch.core.files import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from tlresearch.imageopt.objectives import attack_loss, success_margin
 from tlresearch.imageopt.optim import OptimizerSettings, make_optimizer
 from tlresearch.imageopt.param import PixelImage
 from tlresearch.imageopt.regularizers import Regularizers
-from tlresearch.imageopt.settings import parse_amount, require, require_choice
+from tlresearch.core.config import parse_amount, require, check_choice
 
 METHODS = ("pgd", "fgsm", "lesson")
 NORMS = ("linf", "l2")
@@ -60,8 +60,8 @@ class AttackSettings:
     regularizers: Regularizers = field(default_factory=Regularizers)
 
     def validate(self, key: str) -> None:
-        require_choice(f"{key}.method", self.method, METHODS)
-        require_choice(f"{key}.norm", self.norm, NORMS)
+        check_choice(f"{key}.method", self.method, METHODS)
+        check_choice(f"{key}.norm", self.norm, NORMS)
         eps = parse_amount(self.eps, f"{key}.eps")
         require(eps > 0, f"{key}.eps", self.eps, "the perturbation budget must be > 0, e.g. 4/255 (L∞) or 0.5 (L2).")
         object.__setattr__(self, "eps", eps)

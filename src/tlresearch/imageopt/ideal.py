@@ -15,7 +15,7 @@ from tlresearch.imageopt.objectives import OBJECTIVES, class_loss, diversity_pen
 from tlresearch.imageopt.optim import OptimizerSettings, make_optimizer
 from tlresearch.imageopt.param import ParamSettings, make_param
 from tlresearch.imageopt.regularizers import Regularizers
-from tlresearch.imageopt.settings import require, require_choice
+from tlresearch.core.config import require, check_choice
 from tlresearch.imageopt.transforms import RobustnessTransforms
 
 GREY = 0.5  # anchor of the L1/L2 priors: they pull ideal images toward mid-grey
@@ -37,7 +37,7 @@ class IdealSettings(ParamSettings):
 
     def validate(self, key: str) -> None:
         super().validate(key)
-        require_choice(f"{key}.objective", self.objective, OBJECTIVES)
+        check_choice(f"{key}.objective", self.objective, OBJECTIVES)
         require(self.objective_weight > 0, f"{key}.objective_weight", self.objective_weight, "use a weight > 0.")
         require(self.steps >= 1, f"{key}.steps", self.steps, "use at least 1 step.")
         require(self.diversity >= 0, f"{key}.diversity", self.diversity, "use a weight >= 0 (0 switches it off).")

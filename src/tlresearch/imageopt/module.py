@@ -25,7 +25,7 @@ from tlresearch.imageopt.images import to_float
 from tlresearch.imageopt.jobs import UNKNOWN_LABEL, dedupe_results, job_generator
 from tlresearch.imageopt.metrics import attack_records, ideal_records
 from tlresearch.imageopt.network import FrozenClassifier
-from tlresearch.utils.io import atomic_write
+from tlresearch.core.files import atomic_write
 
 
 class ImageOptModule(pl.LightningModule):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlresearch.errors import ConfigError, suggest
+from tlresearch.core.errors import ConfigError, suggest
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class FrozenClassifier(nn.Module):
 
 def network_from_backbone(backbone_cfg: Any, key: str = "backbone") -> FrozenClassifier:
     """The backbone of a config (``conf/backbone/*.yaml``) with its pretrained (ImageNet) head."""
-    from tlresearch.utils.instantiate import instantiate_node
+    from tlresearch.core.instantiate import instantiate_node
 
     backbone = instantiate_node(backbone_cfg, key)
     if backbone.pretrained_head is None:

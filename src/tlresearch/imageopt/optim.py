@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tlresearch.imageopt.settings import require, require_choice
+from tlresearch.core.config import require, check_choice
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -21,7 +21,7 @@ class OptimizerSettings:
     momentum: float = 0.0
 
     def validate(self, key: str) -> None:
-        require_choice(f"{key}.name", self.name, OPTIMIZERS)
+        check_choice(f"{key}.name", self.name, OPTIMIZERS)
         require(self.lr > 0, f"{key}.lr", self.lr, "the learning rate must be > 0, e.g. 0.05 (Adam) or 1.0 (the lesson's SGD).")
         require(0 <= self.momentum < 1, f"{key}.momentum", self.momentum, "use a momentum in [0, 1).")
 

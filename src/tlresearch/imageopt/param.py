@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlresearch.imageopt.settings import require, require_choice
+from tlresearch.core.config import require, check_choice
 
 PARAMETERIZATIONS = ("pixel", "fft")
 INITS = ("normal", "uniform")
@@ -39,8 +39,8 @@ class ParamSettings:
     decay_power: float = 1.0
 
     def validate(self, key: str) -> None:
-        require_choice(f"{key}.parameterization", self.parameterization, PARAMETERIZATIONS)
-        require_choice(f"{key}.init", self.init, INITS)
+        check_choice(f"{key}.parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice(f"{key}.init", self.init, INITS)
         ok = self.init_std is None or self.init_std >= 0
         require(ok, f"{key}.init_std", self.init_std, "use a standard deviation >= 0, e.g. 0.1, or null for the default.")
         require(self.decay_power >= 0, f"{key}.decay_power", self.decay_power, "use a power >= 0 (Lucid: 1.0).")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tlresearch.imageopt.settings import require, require_choice
+from tlresearch.core.config import require, check_choice
 
 REDUCTIONS = ("sum", "mean")
 
@@ -87,7 +87,7 @@ class Regularizers:
             value = getattr(self, name)
             require(value >= 0, f"{key}.{name}", value, "a regulariser weight must be >= 0 (0 switches it off).")
         require(self.blur_sigma > 0, f"{key}.blur_sigma", self.blur_sigma, "use a standard deviation > 0 pixels, e.g. 1.0.")
-        require_choice(f"{key}.reduction", self.reduction, REDUCTIONS)
+        check_choice(f"{key}.reduction", self.reduction, REDUCTIONS)
         require(0 <= self.start < 1, f"{key}.start", self.start, "use a fraction of the steps in [0, 1).")
 
     @property

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tlresearch.imageopt.images import to_uint8
-from tlresearch.utils.io import atomic_write
+from tlresearch.core.files import atomic_write
 
 GRID_CELL_INCHES = 2.2
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tlresearch.imageopt.settings import require
+from tlresearch.core.config import require
 
 
 @dataclass(frozen=True)

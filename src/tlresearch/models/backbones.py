@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.errors import ConfigError, suggest
+from tlresearch.core.errors import ConfigError, suggest
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbones import Backbone, Block
-from tlresearch.utils.checkpoint_io import FROZEN_KEYS, read_checkpoint
-from tlresearch.utils.checks import check_argument_types
-from tlresearch.utils.instantiate import instantiate_node
+from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
+from tlresearch.core.config import check_argument_types
+from tlresearch.core.instantiate import instantiate_node
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class TransferClassifier(pl.LightningModule):
         return [f"backbone.model.{n}" for n in self.backbone.model.state_dict(keep_vars=True) if any(b.owns(n) for b in frozen)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A hint to AtomicCheckpointIO, which writes these tensors once (utils/checkpoint_io.py).
+        # A hint to AtomicCheckpointIO, which writes these tensors once (checkpoints/storage.py).
         checkpoint[FROZEN_KEYS] = self.frozen_state_keys()
 
     def logged_metrics(self) -> list[str]:

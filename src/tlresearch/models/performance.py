@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 CHANNELS_LAST_CHOICES = ("auto", True, False)
 

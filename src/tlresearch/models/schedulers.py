@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def _warmup_steps(warmup_epochs: float, warmup_steps: int | None, steps_per_epoch: float) -> int:

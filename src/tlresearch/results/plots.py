@@ -3,7 +3,7 @@
 Figures are built with :class:`matplotlib.figure.Figure` directly, never through ``pyplot``:
 no global backend or figure state is touched (safe in DataLoader workers, threads and
 headless machines), and nothing stays open after a call. Every PNG is written atomically
-(:func:`tlresearch.utils.io.atomic_write`), so a crash never leaves half an image.
+(:func:`tlresearch.core.files.atomic_write`), so a crash never leaves half an image.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlresearch.errors import ConfigError
-from tlresearch.utils.io import atomic_write
+from tlresearch.core.errors import ConfigError
+from tlresearch.core.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

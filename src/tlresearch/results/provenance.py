@@ -92,7 +92,7 @@ def write_provenance(out_dir: str | Path, record: dict[str, Any]) -> Path:
     A run that is resumed in the same directory keeps the record of its earlier part(s) under
     ``"previous"``: a number can be traced through every command and commit that produced it.
     """
-    from tlresearch.utils.io import write_json_atomic
+    from tlresearch.core.files import write_json_atomic
 
     path = Path(out_dir) / "provenance.json"
     try:

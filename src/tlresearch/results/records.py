@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 Status = Literal["completed", "failed", "interrupted", "missing"]
 STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted", "missing")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tlresearch.errors import ConfigError, suggest
+from tlresearch.core.errors import ConfigError, suggest
 from tlresearch.results.records import Run, config_keys, config_leaves
 
 DEFAULT_METRIC = "test/mean_class_acc"

@@ -5,7 +5,7 @@ file in the *system* temp folder and then ``shutil.move``-d over the target. Whe
 on another file system than the run directory (a tmpfs ``/tmp``, a network home), the move is a
 copy straight into ``last.ckpt``: a crash or a full disk mid-copy leaves a truncated
 ``last.ckpt``, and nothing is fsync-ed. :class:`AtomicCheckpointIO` writes the temporary file
-beside the target, fsyncs it and renames it (:func:`tlresearch.utils.io.atomic_write`), so
+beside the target, fsyncs it and renames it (:func:`tlresearch.core.files.atomic_write`), so
 ``last.ckpt`` is always the previous complete checkpoint or the new complete one.
 
 Reading: Lightning's ``trainer.fit(ckpt_path=...)`` passes ``weights_only=None`` to
@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tlresearch.errors import ConfigError
-from tlresearch.utils.io import OutputWriteError, atomic_write
+from tlresearch.core.errors import ConfigError
+from tlresearch.core.files import OutputWriteError, atomic_write
 
 log = logging.getLogger(__name__)
 

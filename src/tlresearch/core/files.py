@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 class OutputWriteError(ConfigError, OSError):

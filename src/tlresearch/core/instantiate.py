@@ -10,7 +10,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 def instantiate_node(node: DictConfig | dict, key: str, **kwargs: Any) -> Any:

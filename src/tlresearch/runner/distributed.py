@@ -38,6 +38,17 @@ from typing import Any
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+def is_multirun() -> bool:
+    """True inside a Hydra multirun job (a failure must not stop the sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001
+        return False
+
+
 @contextmanager
 def distributed_job(task: Callable[..., Any]) -> Iterator[None]:
     """Run one Hydra job of ``task`` so that Lightning's DDP ranks belong to this job alone.
@@ -47,8 +58,6 @@ def distributed_job(task: Callable[..., Any]) -> Iterator[None]:
     if os.environ.get("LOCAL_RANK") is not None:  # a rank started by someone else (a child, torchrun)
         yield
         return
-    from tlresearch.utils.entry import is_multirun
-
     saved = {key: os.environ.get(key) for key in LAUNCH_ENV}
     patched = _patch_relaunch_command(module_name(task)) if is_multirun() else None
     try:

@@ -7,7 +7,7 @@ import time
 import pytorch_lightning as pl
 import torch
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 
 
 class ThroughputMonitor(pl.Callback):

@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from tlresearch.errors import ConfigError
+from tlresearch.core.errors import ConfigError
 from tlresearch.results.wandb_report import finish_open_wandb_run
-from tlresearch.utils.distributed import distributed_job
-from tlresearch.utils.io import write_json_atomic
+from tlresearch.runner.distributed import distributed_job, is_multirun
+from tlresearch.core.files import write_json_atomic
 
 log = logging.getLogger("tlresearch")
 
@@ -38,17 +38,6 @@ def config_dir() -> Path:
     return Path(str(resources.files("tlresearch.conf")))
 
 
-def is_multirun() -> bool:
-    """True inside a Hydra multirun job (a failure must not stop the sweep)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -> float | None:
     """Run ``task(cfg)``; report failures cleanly; return the metric a sweeper optimises.
 
@@ -61,7 +50,7 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     out_dir = Path(cfg.paths.output_dir) if "paths" in cfg else None
     failed = True
     try:
-        with distributed_job(task):  # DDP ranks of this job only (see utils/distributed.py)
+        with distributed_job(task):  # DDP ranks of this job only (see runner/distributed.py)
             metrics, _ = task(cfg)
         failed = False
     except ConfigError as exc:

@@ -32,8 +32,8 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint
 
 from tlresearch.data.sampler import resumable_sampler_of
-from tlresearch.errors import ConfigError
-from tlresearch.utils.checkpoint_io import read_checkpoint
+from tlresearch.core.errors import ConfigError
+from tlresearch.checkpoints.storage import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class LastCheckpoint(Checkpoint):
 
     Lightning runs checkpoint callbacks after all others, so the NaN guard stops the run before
     a broken state could be written; the write itself is atomic
-    (:class:`~tlresearch.utils.checkpoint_io.AtomicCheckpointIO`).
+    (:class:`~tlresearch.checkpoints.storage.AtomicCheckpointIO`).
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
