@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo-pets
 DEMO_RUN ?= outputs/demo
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,10 @@ demo: install
 	$(PY) -m tlresearch.data.generate pets $(DEMO_DATA) --num-classes 6 --images-per-class 40
 	$(PY) -m tlresearch.train +experiment=demo data.root=$(DEMO_DATA) hydra.run.dir=$(DEMO_RUN)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: install lint
 	$(PY) -m pytest
 
 test-fast: install
