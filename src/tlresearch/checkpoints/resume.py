@@ -32,6 +32,7 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint
 
 from tlresearch.data.sampler import resumable_sampler_of
+from tlresearch.core.config import check_int
 from tlresearch.core.errors import ConfigError
 from tlresearch.checkpoints.storage import read_checkpoint
 
@@ -126,13 +127,11 @@ class LastCheckpoint(Checkpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
-        if every_n_train_steps is not None and (not isinstance(every_n_train_steps, int) or isinstance(every_n_train_steps, bool) or every_n_train_steps < 1):
-            raise ConfigError(
-                f"callbacks.last_checkpoint.every_n_train_steps={every_n_train_steps!r} is invalid: use a positive "
-                "number of optimizer steps, or null to write last.ckpt at the end of each epoch only."
-            )
+        self.every_n_train_steps = check_int(
+            "callbacks.last_checkpoint.every_n_train_steps", every_n_train_steps, minimum=1, optional=True,
+            fix="use a positive number of optimizer steps, or null to write last.ckpt at the end of each epoch only.",
+        )
         self.dirpath = Path(dirpath)
-        self.every_n_train_steps = every_n_train_steps
         self._saved_step: int | None = None
 
     @property
