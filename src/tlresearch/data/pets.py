@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
+from tlresearch.core.config import check_choice
 from tlresearch.core.errors import ConfigError
 
-from .base import ImageClassificationDataModule, Sample, check_choice, check_fractions, network_error, stratified_split
+from .datamodule import ImageClassificationDataModule
+from .download import network_error
+from .images import Sample
+from .splits import check_fractions, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
         num_breeds: use only the first K breeds in class-id order, e.g. for quick experiments.
             ``None`` (auto): all 37, or the first K when the local ``trainval.txt`` lists only
             those (data written by ``generate pets --num-classes K``).
-        **common: the arguments of :class:`~tlresearch.data.base.ImageClassificationDataModule`.
+        **common: the arguments of :class:`~tlresearch.data.datamodule.ImageClassificationDataModule`.
     """
 
     name = "pets"
