@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int
+from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int, require
 from tlresearch.core.errors import ConfigError
 
 from .images import ImageListDataset, Sample, reason_category
@@ -40,8 +40,8 @@ def coerce_augmentation(value: Any) -> Augmentation:
         return Augmentation()
     aug = from_node(Augmentation, value, "data.augment")
     scale = aug.scale
-    if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale) or not 0 < scale[0] <= scale[1] <= 1:
-        raise ConfigError(f"data.augment.scale={list(scale)!r}: must be [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0].")
+    valid = len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale) and 0 < scale[0] <= scale[1] <= 1
+    require(valid, "data.augment.scale", list(scale), "use [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0].")
     return aug
 
 
@@ -69,23 +69,21 @@ def resolve_num_workers(value: int | str) -> int:
     """``"auto"`` -> :func:`auto_num_workers`; a non-negative int is used as is."""
     if value == "auto":
         return auto_num_workers()
-    if is_int(value) and value >= 0:
-        return int(value)
-    raise ConfigError(f"data.num_workers={value!r}: must be a non-negative integer or 'auto' (min(8, CPUs - 1)).")
+    require(is_int(value) and value >= 0, "data.num_workers", value, "use a non-negative integer or 'auto' (min(8, CPUs - 1)).")
+    return int(value)
 
 
 def resolve_pin_memory(value: bool | str) -> bool:
     """``"auto"`` -> whether CUDA is available; a bool is used as is."""
     if value == "auto":
         return torch.cuda.is_available()
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"data.pin_memory={value!r}: must be true, false or 'auto' (true when a CUDA device is available).")
+    require(isinstance(value, bool), "data.pin_memory", value, "use true, false or 'auto' (true when a CUDA device is available).")
+    return bool(value)
 
 
 def _check_root(root: Any) -> Path:
-    if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
-        raise ConfigError(f"data.root={root!r}: must be a directory path, e.g. data.root=/datasets/pets.")
+    valid = isinstance(root, (str, os.PathLike)) and bool(str(root).strip())
+    require(valid, "data.root", root, "use a directory path, e.g. data.root=/datasets/pets.")
     # Absolute now, so messages, manifests and describe() do not depend on a later chdir.
     return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tlresearch.core.config import require
 from tlresearch.core.errors import ConfigError
 
 from .images import Sample
@@ -31,12 +32,14 @@ def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
     """Validate ``{"data.val_fraction": v, ...}``: each in [0, 1), their sum < 1."""
     checked: dict[str, float] = {}
     for key, value in fractions.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ConfigError(f"{key}={value!r}: must be a number in [0, 1) (the share of images held out), e.g. {key}=0.1.")
+        valid = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+        require(valid, key, value, f"use a number in [0, 1) (the share of images held out), e.g. {key}=0.1.")
         checked[key] = float(value)
     if sum(checked.values()) >= 1:
         keys = " + ".join(f"{k}={v}" for k, v in checked.items())
-        raise ConfigError(f"{keys} = {sum(checked.values()):g}: the held-out fractions must sum to less than 1, leaving images to train on.")
+        raise ConfigError(
+            f"{keys} = {sum(checked.values()):g} is invalid: the held-out fractions must sum to less than 1, leaving images to train on."
+        )
     return checked
 
 
