@@ -13,10 +13,10 @@ from urllib.error import URLError
 import pytest
 
 from tests.conftest import CATS_DOGS_IMAGES_PER_CLASS
-from tlresearch.data import manifest as scanner
-from tlresearch.data.images import reason_category
-from tlresearch.data.cats_dogs import CATS_DOGS_URL, CatsDogsDataModule
 from tlresearch.core.errors import ConfigError
+from tlresearch.data import manifest as scanner
+from tlresearch.data.cats_dogs import CATS_DOGS_URL, CatsDogsDataModule
+from tlresearch.data.images import reason_category
 
 #: The reason each planted kind of bad file must be dropped with, per filter (None: kept).
 EXPECTED_REASON = {

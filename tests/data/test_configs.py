@@ -50,8 +50,8 @@ def test_config_defaults_match_the_constructors():
     """A key left out of the config must not silently mean something else in Python."""
     import inspect
 
-    from tlresearch.data.datamodule import ImageClassificationDataModule
     from tlresearch.data.cats_dogs import CatsDogsDataModule
+    from tlresearch.data.datamodule import ImageClassificationDataModule
     from tlresearch.data.folder import ImageFolderDataModule
     from tlresearch.data.pets import OxfordPetsDataModule
 

@@ -14,7 +14,6 @@ from tlresearch.data.datamodule import resolve_num_workers
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
-
 # -- arguments --------------------------------------------------------------------------------
 
 

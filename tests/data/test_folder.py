@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from tests.conftest import FOLDER_CLASSES
-from tlresearch.data.images import load_rgb, reason_category
-from tlresearch.data.manifest import scan_images
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.generate import exif_only_jpeg, generate_folder
+from tlresearch.data.images import load_rgb, reason_category
+from tlresearch.data.manifest import scan_images
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.core.errors import ConfigError
 
 
 def folder(root, **kwargs) -> ImageFolderDataModule:
