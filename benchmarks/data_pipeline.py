@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 
-from tlresearch.data.base import resolve_num_workers, resolve_pin_memory  # noqa: E402
+from tlresearch.data.datamodule import resolve_num_workers, resolve_pin_memory  # noqa: E402
 from tlresearch.data.folder import ImageFolderDataModule  # noqa: E402
 from tlresearch.data.generate import generate_folder  # noqa: E402
 from tlresearch.data.transforms import Augmentation, Preprocessing, train_transform  # noqa: E402

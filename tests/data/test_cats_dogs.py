@@ -13,9 +13,10 @@ from urllib.error import URLError
 import pytest
 
 from tests.conftest import CATS_DOGS_IMAGES_PER_CLASS
-from tlresearch.data import base
-from tlresearch.data.cats_dogs import CATS_DOGS_URL, CatsDogsDataModule
 from tlresearch.core.errors import ConfigError
+from tlresearch.data import manifest as scanner
+from tlresearch.data.cats_dogs import CATS_DOGS_URL, CatsDogsDataModule
+from tlresearch.data.images import reason_category
 
 #: The reason each planted kind of bad file must be dropped with, per filter (None: kept).
 EXPECTED_REASON = {
@@ -40,7 +41,7 @@ def test_drops_exactly_the_planted_bad_files(cats_dogs_copy, cats_dogs_generated
     manifest = dm.scan()
     dropped = {f"PetImages/{rel}": reason for rel, reason in manifest.dropped}
     expected = {path: why for path, kind in cats_dogs_generated.planted.items() if (why := EXPECTED_REASON[image_filter][kind])}
-    assert {path: base.reason_category(reason) for path, reason in dropped.items()} == expected
+    assert {path: reason_category(reason) for path, reason in dropped.items()} == expected
     kept_bad = [p for p, kind in cats_dogs_generated.planted.items() if EXPECTED_REASON[image_filter][kind] is None]
     every = [s.rel for split in ("train", "val", "test") for s in dm.dataset(split).samples]
     assert len(every) == 2 * CATS_DOGS_IMAGES_PER_CLASS + len(kept_bad) and set(kept_bad) <= set(every)
@@ -48,7 +49,7 @@ def test_drops_exactly_the_planted_bad_files(cats_dogs_copy, cats_dogs_generated
     # The manifest on disk says the same, with every dropped file and its reason.
     on_disk = json.loads(Path(manifest.path).read_text())
     assert on_disk["filter"] == image_filter and on_disk["num_kept"] == len(every)
-    assert {f"PetImages/{d['path']}": base.reason_category(d["reason"]) for d in on_disk["dropped"]} == expected
+    assert {f"PetImages/{d['path']}": reason_category(d["reason"]) for d in on_disk["dropped"]} == expected
 
 
 def test_labels_follow_the_class_folder(cats_dogs_copy):
@@ -73,7 +74,7 @@ def test_second_setup_reads_the_manifest_instead_of_rescanning(cats_dogs_copy, m
     def no_scanning(*args, **kwargs):
         raise AssertionError("rescanned although no file changed")
 
-    monkeypatch.setattr(base, "check_image", no_scanning)
+    monkeypatch.setattr(scanner, "check_image", no_scanning)  # the name scan_images calls
     second = cats_dogs(cats_dogs_copy)
     second.setup()
     assert second.describe() == first.describe()

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tlresearch.data.base import auto_num_workers
+from tlresearch.data.datamodule import auto_num_workers
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -50,8 +50,8 @@ def test_config_defaults_match_the_constructors():
     """A key left out of the config must not silently mean something else in Python."""
     import inspect
 
-    from tlresearch.data.base import ImageClassificationDataModule
     from tlresearch.data.cats_dogs import CatsDogsDataModule
+    from tlresearch.data.datamodule import ImageClassificationDataModule
     from tlresearch.data.folder import ImageFolderDataModule
     from tlresearch.data.pets import OxfordPetsDataModule
 

@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from tests.conftest import FOLDER_CLASSES
-from tlresearch.data import base
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.generate import exif_only_jpeg, generate_folder
+from tlresearch.data.images import load_rgb, reason_category
+from tlresearch.data.manifest import scan_images
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.core.errors import ConfigError
 
 
 def folder(root, **kwargs) -> ImageFolderDataModule:
@@ -153,15 +154,15 @@ def test_bad_image_zoo_is_decoded_or_dropped_with_a_reason(tmp_path, monkeypatch
     expected = build_zoo(tmp_path)
     dm = folder(tmp_path, batch_size=4, preprocessing=Preprocessing(32, 36), val_fraction=0.2, test_fraction=0.2)
     dm.setup()
-    dropped = {rel: base.reason_category(reason) for rel, reason in dm.scan().dropped}
+    dropped = {rel: reason_category(reason) for rel, reason in dm.scan().dropped}
     assert dropped == {rel: why for rel, why in expected.items() if why is not None}
     kept = {s.rel for split in ("train", "val", "test") for s in dm.dataset(split).samples}
     assert {rel for rel, why in expected.items() if why is None} <= kept
     # Every kept odd file decodes to 8-bit RGB with its real content (not clipped, not black).
     for rel in ("a/cmyk.jpg", "a/png_named.jpg", "a/gif_named.jpg", "a/rgba.png"):
-        r, g, b = np.asarray(base.load_rgb(tmp_path / rel)).reshape(-1, 3).mean(0)
+        r, g, b = np.asarray(load_rgb(tmp_path / rel)).reshape(-1, 3).mean(0)
         assert r > 150 and g < 90 and b < 90, rel
-    assert 150 <= np.asarray(base.load_rgb(tmp_path / "a/sixteen_bit.png")).mean() <= 160  # 40000 / 257 = 156
+    assert 150 <= np.asarray(load_rgb(tmp_path / "a/sixteen_bit.png")).mean() <= 160  # 40000 / 257 = 156
     # Iterating every loader end to end never crashes and yields every kept image once.
     total = 0
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
@@ -170,7 +171,7 @@ def test_bad_image_zoo_is_decoded_or_dropped_with_a_reason(tmp_path, monkeypatch
             total += len(y)
     assert total == len(kept)
     # Decoding in threads gives the very same verdicts, in the same order.
-    threaded = base.scan_images(tmp_path, label_of=dm._class_of, workers=3)
+    threaded = scan_images(tmp_path, label_of=dm._class_of, workers=3)
     assert (threaded.kept, threaded.dropped) == (dm.scan().kept, dm.scan().dropped)
 
 
@@ -189,8 +190,8 @@ def test_a_file_broken_after_the_scan_is_replaced_by_its_own_class(tmp_path, cap
 
 
 def test_long_scans_report_progress(folder_root, tmp_path, caplog):
-    caplog.set_level("INFO", logger="tlresearch.data.base")
-    base.scan_images(folder_root, label_of=lambda rel: rel.parts[1], progress_every=10, manifest_path=tmp_path / "m.json")
+    caplog.set_level("INFO", logger="tlresearch.data.manifest")
+    scan_images(folder_root, label_of=lambda rel: rel.parts[1], progress_every=10, manifest_path=tmp_path / "m.json")
     assert "scanned 10/30 files" in caplog.text and "scanned 20/30 files" in caplog.text
 
 

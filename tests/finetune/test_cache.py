@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from tests.helpers import FAST, compose_cfg, run_cli
-from tlresearch.data.base import ImageListDataset, Sample
+from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.gpu_decode import device_decoded_batches
 from tlresearch.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
 from tlresearch.finetune.cache import (

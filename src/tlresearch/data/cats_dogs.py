@@ -4,7 +4,7 @@ The archive ``kagglecatsanddogs_5340.zip`` holds ``PetImages/Cat/*.jpg`` and
 ``PetImages/Dog/*.jpg`` (plus a licence PDF and a readme). A few of its files do not decode
 (zero bytes), about 1,600 lack the JFIF header (the Keras tutorial drops those), and each class
 folder has a ``Thumbs.db``: every file is checked once and the verdicts are kept in a manifest
-(see :func:`~tlresearch.data.base.scan_images`). There is no official split: train/val/test
+(see :func:`~tlresearch.data.manifest.scan_images`). There is no official split: train/val/test
 are drawn per class by ``val_fraction``/``test_fraction``, fixed by ``seed``.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from tlresearch.core.errors import ConfigError
 
-from .base import ScannedImageDataModule, download_file, safe_extract_zip
+from .download import download_file, safe_extract_zip
+from .scanned import ScannedImageDataModule
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class CatsDogsDataModule(ScannedImageDataModule):
             the JFIF marker, as the Keras tutorial does: ~1,600 fewer images).
         val_fraction, test_fraction: share of each class held out for val / test.
         cache_dir: where the manifest is written (``None`` = ``root/.tlresearch``).
-        **common: the arguments of :class:`~tlresearch.data.base.ImageClassificationDataModule`.
+        **common: the arguments of :class:`~tlresearch.data.datamodule.ImageClassificationDataModule`.
     """
 
     name = "cats_dogs"

@@ -17,7 +17,7 @@ from typing import Any
 
 from tlresearch.core.errors import ConfigError
 
-from .base import ScannedImageDataModule
+from .scanned import ScannedImageDataModule
 
 SPLIT_DIRS = ("train", "val", "test")
 
@@ -31,12 +31,12 @@ class ImageFolderDataModule(ScannedImageDataModule):
 
     Args:
         root: the dataset folder; it must exist (class names are read from it at construction).
-        filter: ``"decodes"`` or ``"jfif"``, see :class:`~tlresearch.data.base.ScannedImageDataModule`.
+        filter: ``"decodes"`` or ``"jfif"``, see :class:`~tlresearch.data.scanned.ScannedImageDataModule`.
         val_fraction: share of each class carved out for val when there is no ``root/val``
             (a share of ``root/train`` in the split layout, of everything in the flat one).
         test_fraction: the same for test when there is no ``root/test``.
         cache_dir: where the manifest is written (``None`` = ``root/.tlresearch`` when writable).
-        **common: the arguments of :class:`~tlresearch.data.base.ImageClassificationDataModule`.
+        **common: the arguments of :class:`~tlresearch.data.datamodule.ImageClassificationDataModule`.
     """
 
     name = "folder"

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from tlresearch.data.base import ImageListDataset, Sample
+from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.transforms import Preprocessing
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from tlresearch.data.base import ImageListDataset
+from tlresearch.data.images import ImageListDataset
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
+from tlresearch.core.config import check_choice, check_int, is_int, require
 from tlresearch.core.errors import ConfigError
 
-from .base import ImageClassificationDataModule, Sample, check_choice, check_fractions, network_error, stratified_split
+from .datamodule import ImageClassificationDataModule
+from .download import network_error
+from .images import Sample
+from .splits import check_fractions, stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
         num_breeds: use only the first K breeds in class-id order, e.g. for quick experiments.
             ``None`` (auto): all 37, or the first K when the local ``trainval.txt`` lists only
             those (data written by ``generate pets --num-classes K``).
-        **common: the arguments of :class:`~tlresearch.data.base.ImageClassificationDataModule`.
+        **common: the arguments of :class:`~tlresearch.data.datamodule.ImageClassificationDataModule`.
     """
 
     name = "pets"
@@ -85,15 +89,14 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
     ) -> None:
         super().__init__(root, **common)
         self.target = check_choice("data.target", target, TARGETS)
-        if val_per_class is not None and (isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 0):
-            raise ConfigError(
-                f"data.val_per_class={val_per_class!r}: must be a non-negative integer (images per breed), or null to use data.val_fraction."
-            )
-        self.val_per_class = val_per_class
+        self.val_per_class = check_int(
+            "data.val_per_class", val_per_class, minimum=0, optional=True,
+            fix="use a non-negative integer (images per breed), or null to use data.val_fraction.",
+        )
         self.val_fraction = check_fractions({"data.val_fraction": val_fraction})["data.val_fraction"]
-        valid = isinstance(num_breeds, int) and not isinstance(num_breeds, bool) and 2 <= num_breeds <= len(PET_BREED_IDS)
-        if num_breeds is not None and not valid:
-            raise ConfigError(f"data.num_breeds={num_breeds!r}: must be an integer in 2..37 (the first K breeds), or null (auto).")
+        if num_breeds is not None:
+            valid = is_int(num_breeds) and 2 <= num_breeds <= len(PET_BREED_IDS)
+            require(valid, "data.num_breeds", num_breeds, "use an integer in 2..37 (the first K breeds), or null (auto).")
         self.num_breeds = num_breeds if num_breeds is not None else self._breeds_on_disk()
         # Known without touching the disk: the breed list is fixed by the dataset.
         self._classes = list(PET_BREEDS[: self.num_breeds]) if self.target == "breed" else list(PET_SPECIES)

@@ -1,7 +1,7 @@
 """Images a user names on the command line (``images=[…]``): expansion and decoding with clear errors.
 
 Shared by ``tlresearch.predict`` and ``tlresearch.visualize``; decoding goes through the data
-layer's :func:`~tlresearch.data.base.load_rgb` (every mode to RGB, decompression bombs refused).
+layer's :func:`~tlresearch.data.images.load_rgb` (every mode to RGB, decompression bombs refused).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tlresearch.data.base import IMAGE_EXTENSIONS, load_rgb
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.images import IMAGE_EXTENSIONS, load_rgb
 
 
 def expand_image_paths(patterns: Sequence[str] | str | None, key: str = "images") -> list[Path]:

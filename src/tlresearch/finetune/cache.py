@@ -36,7 +36,8 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from tlresearch.data.base import ImageClassificationDataModule, ImageListDataset, Sample, SplitLoaders
+from tlresearch.data.datamodule import ImageClassificationDataModule, SplitLoaders
+from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.sampler import SeededIndex, mix_seed, seeded_rng, shuffled_loader
 from tlresearch.data.transforms import Preprocessing, eval_transform, train_transform
 from tlresearch.core.errors import ConfigError

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
+from tlresearch.data.images import load_rgb
+
 log = logging.getLogger(__name__)
 
 #: Overrides that do not define a table cell: the replicate (seed), settings already in the
@@ -237,8 +239,6 @@ def test_samples(datamodule: Any) -> Sequence[Any] | None:
 
 def _thumbnail(path: str, size: int) -> Any:
     import wandb
-
-    from tlresearch.data.base import load_rgb
 
     try:
         image = load_rgb(path)

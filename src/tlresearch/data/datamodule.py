@@ -1,0 +1,275 @@
+"""The base of every image-classification DataModule: arguments, transforms, loaders, provenance.
+
+:class:`ImageClassificationDataModule` checks the arguments every dataset shares (root, batch
+size, workers, seed, augmentation, preprocessing...), builds the train/val/test datasets from
+the splits a subclass gives (:meth:`~ImageClassificationDataModule._build_splits`), serves their
+loaders (a resumable, seeded shuffle for train) and describes what it used. A dataset known
+only by its folder layout subclasses :class:`~tlresearch.data.scanned.ScannedImageDataModule`
+instead. :class:`SplitLoaders` is the loader plumbing it shares with the feature-cache module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int, require
+from tlresearch.core.errors import ConfigError
+
+from .images import ImageListDataset, Sample, reason_category
+from .memory import hold_in_memory
+from .sampler import ResumableTrainData
+from .splits import SPLITS, samples_sha256, take_per_class
+from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+def coerce_augmentation(value: Any) -> Augmentation:
+    """``None`` (the default augmentation), an :class:`Augmentation`, or a mapping of its fields."""
+    if value is None:
+        return Augmentation()
+    aug = from_node(Augmentation, value, "data.augment")
+    scale = aug.scale
+    valid = len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale) and 0 < scale[0] <= scale[1] <= 1
+    require(valid, "data.augment.scale", list(scale), "use [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0].")
+    return aug
+
+
+def coerce_preprocessing(value: Any) -> Preprocessing:
+    """``None`` (ImageNet defaults at 224 px), a :class:`Preprocessing`, or a mapping of its fields.
+
+    Hydra's ``instantiate(cfg, preprocessing=pre)`` merges ``pre`` into the config, so it arrives
+    as a DictConfig; this turns it back into a :class:`Preprocessing`.
+    """
+    if value is None:
+        return Preprocessing()
+    return from_node(Preprocessing, value, "preprocessing")
+
+
+def auto_num_workers() -> int:
+    """min(8, CPUs available to this process - 1), at least 0."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # honours taskset/cgroup pinning, unlike cpu_count
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """``"auto"`` -> :func:`auto_num_workers`; a non-negative int is used as is."""
+    if value == "auto":
+        return auto_num_workers()
+    require(is_int(value) and value >= 0, "data.num_workers", value, "use a non-negative integer or 'auto' (min(8, CPUs - 1)).")
+    return int(value)
+
+
+def resolve_pin_memory(value: bool | str) -> bool:
+    """``"auto"`` -> whether CUDA is available; a bool is used as is."""
+    if value == "auto":
+        return torch.cuda.is_available()
+    require(isinstance(value, bool), "data.pin_memory", value, "use true, false or 'auto' (true when a CUDA device is available).")
+    return bool(value)
+
+
+def _check_root(root: Any) -> Path:
+    valid = isinstance(root, (str, os.PathLike)) and bool(str(root).strip())
+    require(valid, "data.root", root, "use a directory path, e.g. data.root=/datasets/pets.")
+    # Absolute now, so messages, manifests and describe() do not depend on a later chdir.
+    return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
+
+
+class SplitLoaders:
+    """Lightning's three loader hooks, each a call of ``self.dataloader(split)``: every
+    DataModule here (images or cached features) builds its loaders in one method."""
+
+    def dataloader(self, split: str) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+
+class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.LightningDataModule):
+    """Base of every image-classification DataModule: arguments, transforms, loaders, provenance.
+
+    Subclasses set ``self._classes`` in their constructor (available without touching the
+    network) and implement :meth:`prepare_data` (download) and :meth:`_build_splits`.
+
+    Args:
+        root: where the dataset lives (or is downloaded to).
+        batch_size: images per batch, for every split.
+        num_workers: DataLoader worker processes; ``"auto"`` = min(8, CPUs - 1).
+        seed: fixes the splits and the per-class subset. (The shuffle order follows the global
+            seed, ``torch.initial_seed()`` when a loader is built, so training seeds can vary over
+            one fixed split.)
+        download: whether :meth:`prepare_data` may download a missing dataset.
+        augment: fields of :class:`~tlresearch.data.transforms.Augmentation` for the training
+            split (``None`` = its defaults; ``{"enabled": False}`` trains on the eval transform).
+        preprocessing: the backbone's :class:`~tlresearch.data.transforms.Preprocessing`
+            (``None`` = ImageNet defaults at 224 px); also settable later with :meth:`set_preprocessing`.
+        pin_memory: DataLoader ``pin_memory``; ``"auto"`` = whether CUDA is available.
+        max_per_class: keep at most this many *training* images per class (a deterministic,
+            nested subset for small-data experiments); val and test stay whole.
+        in_memory: decode every image once into RAM at the backbone's resize size and serve
+            batches from there (:mod:`tlresearch.data.memory`; for small datasets).
+    """
+
+    #: Name recorded by :meth:`describe`.
+    name: ClassVar[str] = "images"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        batch_size: int = 32,
+        num_workers: int | str = "auto",
+        seed: int = 0,
+        download: bool = True,
+        augment: Mapping[str, Any] | Augmentation | None = None,
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+        pin_memory: bool | str = "auto",
+        max_per_class: int | None = None,
+        in_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = _check_root(root)
+        self.batch_size = check_int("data.batch_size", batch_size, minimum=1)
+        self.num_workers = resolve_num_workers(num_workers)
+        self.seed = check_int("data.seed", seed)
+        self.download = check_bool("data.download", download)
+        self.augmentation = coerce_augmentation(augment)
+        self.preprocessing = coerce_preprocessing(preprocessing)
+        self.pin_memory = resolve_pin_memory(pin_memory)
+        self.max_per_class = check_int("data.max_per_class", max_per_class, minimum=1, optional=True)
+        self.in_memory = check_bool("data.in_memory", in_memory)
+        self._in_memory: dict[str, Any] = {}  # split -> images held in RAM (data/memory.py)
+        self._classes: list[str] = getattr(self, "_classes", [])
+        self._splits: dict[str, list[Sample]] | None = None
+        self._datasets: dict[str, ImageListDataset] = {}
+        self._dropped: list[tuple[str, str]] = []
+
+    # -- classes ------------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; label ``i`` is ``classes[i]``."""
+        return list(self._classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._classes)
+
+    # -- transforms ---------------------------------------------------------------------------
+
+    def set_preprocessing(self, preprocessing: Preprocessing | Mapping[str, Any]) -> None:
+        """Use the backbone's preprocessing; datasets already built get the new transforms too."""
+        self.preprocessing = coerce_preprocessing(preprocessing)
+        for split, dataset in self._datasets.items():
+            dataset.transform = self._transform(split)
+
+    def _transform(self, split: str) -> Callable[[Image.Image], Any]:
+        if split == "train":
+            return train_transform(self.preprocessing, self.augmentation)
+        return eval_transform(self.preprocessing)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:  # pragma: no cover - every subclass overrides it
+        """Download the dataset if needed (Lightning calls it on one process per node)."""
+
+    def _build_splits(self) -> tuple[dict[str, list[Sample]], list[tuple[str, str]]]:
+        """``({"train": [...], "val": [...], "test": [...]}, dropped (path, reason) pairs)``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train/val/test datasets (once: later calls return at once)."""
+        if self._splits is not None:
+            return
+        splits, dropped = self._build_splits()
+        splits = {name: list(splits.get(name, [])) for name in SPLITS}
+        self._check_train_covers_classes(splits["train"])
+        if self.max_per_class is not None:
+            splits["train"] = take_per_class(splits["train"], self.max_per_class, self.seed)
+        self._splits, self._dropped = splits, list(dropped)
+        self._datasets = {name: ImageListDataset(samples, self._transform(name)) for name, samples in splits.items()}
+        sizes = ", ".join(f"{name} {len(samples)}" for name, samples in splits.items())
+        log.info("%s: %d classes; %s images; %d files dropped.", self.name, self.num_classes, sizes, len(dropped))
+
+    def _check_train_covers_classes(self, train: Sequence[Sample]) -> None:
+        present = {s.label for s in train}
+        missing = [name for i, name in enumerate(self._classes) if i not in present]
+        if missing:
+            raise ConfigError(
+                f"data.root={str(self.root)!r}: no training images for class(es) {', '.join(missing)}; every class needs "
+                "at least one usable training image. Add images or remove those classes."
+            )
+
+    def dataset(self, split: str) -> ImageListDataset:
+        """The dataset of ``"train"``, ``"val"`` or ``"test"`` (set up on first use)."""
+        check_choice("split", split, SPLITS)
+        self.setup()
+        return self._datasets[split]
+
+    # -- loaders ------------------------------------------------------------------------------
+
+    def dataloader(self, split: str, *, shuffle: bool | None = None) -> DataLoader:
+        """A DataLoader over ``split``; only train shuffles by default, with a generator seeded from the global seed."""
+        shuffle = (split == "train") if shuffle is None else shuffle
+        dataset: Any = self.dataset(split)
+        if self.in_memory:
+            pre = self.preprocessing
+            dataset = hold_in_memory(self._in_memory, split, dataset, pre.resize_size, pre.interpolation_mode, self.num_workers)
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0, drop_last=False)
+        if shuffle:
+            # Shuffle order and augmentation follow the global seed set by seed_everything, not
+            # data.seed: runs with different training seeds see different orders over the same,
+            # fixed split. The resumable loader makes them a function of (seed, epoch, image), so
+            # a run resumed mid-epoch continues exactly (data/sampler.py).
+            return self.resumable_train_loader(dataset, seed=torch.initial_seed(), **common)
+        return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(torch.initial_seed()), **common)
+
+    # -- provenance ---------------------------------------------------------------------------
+
+    def _describe_config(self) -> dict[str, Any]:
+        """Dataset-specific settings for :meth:`describe`."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: which data, which split, which files were dropped and why (JSON-serialisable)."""
+        self.setup()
+        assert self._splits is not None
+        splits = self._splits
+        every = [s for name in SPLITS for s in splits[name]]
+        return {
+            "dataset": self.name,
+            "root": str(self.root.resolve()),
+            "classes": self.classes,
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+            "max_per_class": self.max_per_class,
+            **self._describe_config(),
+            "num_samples": {name: len(splits[name]) for name in SPLITS},
+            "manifest_sha256": samples_sha256(every),
+            "split_sha256": {name: samples_sha256(splits[name]) for name in SPLITS},
+            "dropped": {
+                "total": len(self._dropped),
+                "by_reason": dict(sorted(Counter(reason_category(r) for _, r in self._dropped).items())),
+            },
+        }

@@ -1,0 +1,133 @@
+"""Splits and subsets: deterministic, stratified, and identified by a hash.
+
+* :func:`stratified_split`: train plus held-out splits, per group (class), by fractions
+  (:func:`split_counts`, checked by :func:`check_fractions`) or by a count per group;
+* :func:`take_per_class`: nested per-class subsets of the training split;
+* :func:`samples_sha256`: the hash that records exactly which images a split holds.
+
+The same samples and seed always give the same result, whatever other groups exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tlresearch.core.config import require
+from tlresearch.core.errors import ConfigError
+
+from .images import Sample
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
+    """Validate ``{"data.val_fraction": v, ...}``: each in [0, 1), their sum < 1."""
+    checked: dict[str, float] = {}
+    for key, value in fractions.items():
+        valid = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+        require(valid, key, value, f"use a number in [0, 1) (the share of images held out), e.g. {key}=0.1.")
+        checked[key] = float(value)
+    if sum(checked.values()) >= 1:
+        keys = " + ".join(f"{k}={v}" for k, v in checked.items())
+        raise ConfigError(
+            f"{keys} = {sum(checked.values()):g} is invalid: the held-out fractions must sum to less than 1, leaving images to train on."
+        )
+    return checked
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """How many of ``n`` items each held-out split takes; at least one item always stays for training.
+
+    Rounds to nearest; a split with a non-zero fraction that rounds to nothing still gets one
+    item while one is left to train on, in order (so tiny classes reach val first, then test).
+    """
+    counts = [math.floor(n * f + 0.5) for f in fractions]
+    for i, fraction in enumerate(fractions):
+        if fraction > 0 and counts[i] == 0 and sum(counts) < n - 1:
+            counts[i] = 1
+    while sum(counts) > max(n - 1, 0):
+        counts[counts.index(max(counts))] -= 1
+    return counts
+
+
+def _group_order(samples: Iterable[Sample], seed: int, salt: str) -> dict[str, list[Sample]]:
+    """Samples per group, each group in a seeded random order.
+
+    Each group has its own RNG, seeded from (seed, salt, group): a group's order does not depend
+    on which other groups exist. Python's string seeding is stable across runs and platforms.
+    """
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.group].append(sample)
+    for name, members in groups.items():
+        members.sort(key=lambda s: s.rel)
+        random.Random(f"{seed}:{salt}:{name}").shuffle(members)
+    return dict(sorted(groups.items()))
+
+
+def stratified_split(
+    samples: Iterable[Sample],
+    seed: int,
+    *,
+    fractions: Mapping[str, float] | None = None,
+    per_group: Mapping[str, int] | None = None,
+) -> dict[str, list[Sample]]:
+    """Split ``samples`` into ``"train"`` plus held-out splits, stratified by ``Sample.group``.
+
+    Held-out sizes come either from ``fractions`` (``{"val": 0.1, "test": 0.1}``, see
+    :func:`split_counts`) or from ``per_group`` (``{"val": 20}`` images per group; at least one
+    image of each group stays in train). The same samples and seed always give the same split.
+    Each split is sorted by relative path.
+    """
+    names = list((fractions or per_group or {}).keys())
+    out: dict[str, list[Sample]] = {"train": [], **{name: [] for name in names}}
+    clamped: list[str] = []
+    for group, members in _group_order(samples, seed, "split").items():
+        if per_group is not None:
+            counts = [min(per_group[name], len(members) - 1) for name in names]
+            while sum(counts) > max(len(members) - 1, 0):
+                counts[counts.index(max(counts))] -= 1
+            if counts != [per_group[name] for name in names]:
+                clamped.append(f"{group} ({len(members)})")
+        else:
+            counts = split_counts(len(members), [fractions[name] for name in names])  # type: ignore[index]
+        start = 0
+        for name, count in zip(names, counts):
+            out[name] += members[start : start + count]
+            start += count
+        out["train"] += members[start:]
+    if clamped:
+        log.warning(
+            "Too few images to hold out %s per class for: %s; kept one per class for training.", dict(per_group or {}), ", ".join(clamped)
+        )
+    return {name: sorted(split, key=lambda s: s.rel) for name, split in out.items()}
+
+
+def take_per_class(samples: Iterable[Sample], k: int, seed: int) -> list[Sample]:
+    """A deterministic subset of at most ``k`` samples per label.
+
+    Subsets are nested: for one seed, the subset for ``k`` contains the subset for any smaller ``k``.
+    """
+    by_label: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_label[str(sample.label)].append(sample)
+    chosen: list[Sample] = []
+    for label, members in sorted(by_label.items()):
+        members.sort(key=lambda s: s.rel)
+        random.Random(f"{seed}:subset:{label}").shuffle(members)
+        chosen += members[:k]
+    return sorted(chosen, key=lambda s: s.rel)
+
+
+def samples_sha256(samples: Iterable[Sample]) -> str:
+    """sha256 of the sorted ``relative path<TAB>label`` lines: identifies exactly which data was used."""
+    lines = sorted(f"{s.rel}\t{s.label}" for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
