@@ -128,7 +128,7 @@ def main() -> None:
 
     # 1. the module vs a plain loop
     network = network_from_backbone(
-        {"_target_": "tlresearch.models.backbones.create_backbone", "source": "timm", "name": "test_resnet",
+        {"_target_": "tlresearch.models.timm_backbones.create_backbone", "name": "test_resnet",
          "weights": None, "input_size": IDEAL_SIZE}
     )
     settings = ideal_settings(args.steps)
