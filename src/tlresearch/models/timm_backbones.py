@@ -19,11 +19,7 @@ from tlresearch.models.backbone import Backbone, Block, apply_input_size, call_w
 
 
 def create_backbone(
-    name: str,
-    weights: str | None = "DEFAULT",
-    input_size: int | None = None,
-    checkpoint_file: str | None = None,
-    **model_kwargs,
+    name: str, weights: str | None = "DEFAULT", input_size: int | None = None, checkpoint_file: str | None = None, **model_kwargs
 ) -> Backbone:
     """A timm model as a :class:`Backbone`.
 
