@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from tlresearch.models.backbones import create_backbone  # noqa: E402
+from tlresearch.models.torchvision_backbones import create_backbone  # noqa: E402
 from tlresearch.models.performance import autocast_for, to_channels_last  # noqa: E402
 
 NUM_CLASSES = 37
@@ -106,7 +106,7 @@ def lightning_rate(args: argparse.Namespace, device: torch.device) -> float:
 
     torch.manual_seed(0)
     model = TransferClassifier(
-        backbone={"_target_": "tlresearch.models.backbones.create_backbone", "name": args.model, "weights": None},
+        backbone={"_target_": "tlresearch.models.torchvision_backbones.create_backbone", "name": args.model, "weights": None},
         num_classes=NUM_CLASSES,
         finetune={"_target_": "tlresearch.finetune.full.FullFinetune"},
         optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9},

@@ -33,6 +33,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
 from tests.imageopt.stripes import stripe_images, train_stripe_classifier  # noqa: E402
+from tlresearch.core.config import from_node  # noqa: E402
 from tlresearch.imageopt.attacks import AttackSettings, projected_attack  # noqa: E402
 from tlresearch.imageopt.ideal import IdealSettings  # noqa: E402
 from tlresearch.imageopt.images import quantize_8bit  # noqa: E402
@@ -40,7 +41,6 @@ from tlresearch.imageopt.jobs import JobDataset, build_ideal_jobs, job_generator
 from tlresearch.imageopt.module import ImageOptModule, JobResultWriter, merge_job_results  # noqa: E402
 from tlresearch.imageopt.network import FrozenClassifier, network_from_backbone, network_from_checkpoint  # noqa: E402
 from tlresearch.imageopt.param import noise_images  # noqa: E402
-from tlresearch.imageopt.settings import from_node  # noqa: E402
 
 IDEAL_SIZE = 64
 JOBS, IMAGES_PER_JOB = 4, 8
@@ -128,7 +128,7 @@ def main() -> None:
 
     # 1. the module vs a plain loop
     network = network_from_backbone(
-        {"_target_": "tlresearch.models.backbones.create_backbone", "source": "timm", "name": "test_resnet",
+        {"_target_": "tlresearch.models.timm_backbones.create_backbone", "name": "test_resnet",
          "weights": None, "input_size": IDEAL_SIZE}
     )
     settings = ideal_settings(args.steps)

@@ -30,6 +30,25 @@ class BlockChangeProbe(pl.Callback):
         self.changed[trainer.current_epoch] = {b.name for b in pl_module.backbone.blocks if any(b.owns(n) for n in changed)}
 
 
+class BackboneStateProbe(pl.Callback):
+    """Keeps the backbone's whole state (parameters and buffers, BatchNorm statistics included)
+    at the start and at the end of fit."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, torch.Tensor] = {}
+        self.end: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _snapshot(pl_module) -> dict[str, torch.Tensor]:
+        return {n: t.detach().clone() for n, t in pl_module.backbone.model.state_dict().items()}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.start = self._snapshot(pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.end = self._snapshot(pl_module)
+
+
 class KillAtStep(pl.Callback):
     """SIGKILLs its own process when training is about to run optimizer step ``at_step`` (the
     steps before it are done, and checkpoints due after them are written): a crash with no

@@ -38,4 +38,4 @@ def test_wheel_ships_the_configs_and_runs_from_another_directory(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.splitlines()[0].startswith(str(site)), "the installed copy, not the checkout, was imported"
-    assert "name: vgg16" in res.stdout and "_target_: tlresearch.models.backbones.create_backbone" in res.stdout
+    assert "name: vgg16" in res.stdout and "_target_: tlresearch.models.torchvision_backbones.create_backbone" in res.stdout

@@ -39,7 +39,7 @@ def train_stripe_classifier(ckpt_path: Path, size: int = SIZE, per_class: int = 
     images, labels = stripe_images(per_class, generator, size)
     torch.manual_seed(seed)
     model = TransferClassifier(
-        backbone={"_target_": "tlresearch.models.backbones.create_backbone", "source": "timm", "name": "test_resnet",
+        backbone={"_target_": "tlresearch.models.timm_backbones.create_backbone", "name": "test_resnet",
                   "weights": None, "input_size": size},
         num_classes=len(STRIPE_CLASSES),
         class_names=STRIPE_CLASSES,

@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 
 def classifier(**kwargs) -> TransferClassifier:
     return TransferClassifier(
-        backbone={"_target_": "tlresearch.models.backbones.create_backbone", "name": "resnet18", "weights": None},
+        backbone={"_target_": "tlresearch.models.torchvision_backbones.create_backbone", "name": "resnet18", "weights": None},
         num_classes=3,
         finetune={"_target_": "tlresearch.finetune.full.FullFinetune"},
         optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
-from tlresearch.models.backbones import Backbone, Block
+from tlresearch.models.backbone import Backbone, Block
 from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
 from tlresearch.core.config import check_argument_types
 from tlresearch.core.instantiate import instantiate_node
@@ -49,7 +49,8 @@ class TransferClassifier(pl.LightningModule):
     """Backbone features -> dropout -> linear head, trained under a freeze schedule.
 
     Args:
-        backbone: backbone config (``_target_: tlresearch.models.backbones.create_backbone`` ...).
+        backbone: backbone config (``_target_``: a family's factory, e.g.
+            ``tlresearch.models.torchvision_backbones.create_backbone``; see models/backbone.py).
         num_classes: classes of the new head.
         finetune: freeze-schedule config (``_target_`` a :class:`FreezeSchedule`).
         optimizer: optimizer config, a partial (``_partial_: true``) taking param groups; ``lr``
