@@ -40,7 +40,7 @@ SOURCES = {
         from pathlib import Path, PurePosixPath
 
         from tlresearch.core.errors import ConfigError
-        from tlresearch.data.base import ScannedImageDataModule  # lead: move to tlresearch.data.scanned
+        from tlresearch.data.scanned import ScannedImageDataModule
 
         FOLDER = "train"
 
@@ -243,7 +243,7 @@ def test_a_new_dataset_backbone_family_and_freeze_schedule_train_without_editing
 
 
 #: Modules the recipes import that another branch of the house move creates.
-PENDING = {"tlresearch.data.scanned"}  # lead: empty this when house-data is merged
+PENDING: set[str] = set()
 
 
 def test_the_recipes_in_contributing_md_are_valid_and_import_what_exists():
