@@ -12,7 +12,7 @@ linear head on synthetic batches already on the GPU, built from the pieces tlres
 same through ``TransferClassifier`` + the Lightning Trainer (``trainer.precision=bf16-mixed``,
 ``model.channels_last=auto``) with batches coming from host memory, i.e. framework and transfer
 included. Extraction rows: the frozen backbone's forward pass alone (bf16 + channels_last), and
-``tlresearch.finetune.cache.extract_features`` on generated JPEGs, decoded by PIL in DataLoader
+``tlresearch.protocols.features.extract_features`` on generated JPEGs, decoded by PIL in DataLoader
 workers vs in batches on the GPU (``finetune.decode_on_device=true``).
 
 Published anchors: about 2,470 img/s for ResNet-50 AMP training on one A100 80GB (NVIDIA
@@ -150,7 +150,7 @@ def extraction_rates(args: argparse.Namespace, device: torch.device) -> dict[str
     from tlresearch.data.folder import ImageFolderDataModule
     from tlresearch.data.generate import generate_folder
     from tlresearch.data.transforms import eval_transform
-    from tlresearch.finetune.cache import FeatureSpec, extract_features
+    from tlresearch.protocols.features import FeatureSpec, extract_features
 
     root = WORKSPACE / "jpegs"
     generate_folder(root, classes=4, images_per_class=args.jpegs // 4, layout="split", splits=("train",), min_size=300, max_size=500, seed=0)

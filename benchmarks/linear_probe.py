@@ -26,7 +26,8 @@ from benchmarks._common import CLOCK, WORKSPACE, clock_of, compose, median, quie
 import torch  # noqa: E402
 
 from tlresearch.data.generate import generate_folder  # noqa: E402
-from tlresearch.finetune.logistic import LogisticProbe, regularization_path  # noqa: E402
+from tlresearch.finetune.logistic import LogisticProbe  # noqa: E402
+from tlresearch.protocols.logistic_solver import regularization_path  # noqa: E402
 
 
 def probe_overrides(root: pathlib.Path, args: argparse.Namespace) -> list[str]:

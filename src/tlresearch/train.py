@@ -21,10 +21,10 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.core.errors import ConfigError
-from tlresearch.finetune.cache import maybe_cache_features
-from tlresearch.finetune.logistic import LogisticProbe, fit_logistic_protocol
 from tlresearch.runner.loggers import continue_logs
 from tlresearch.models.classifier import TransferClassifier
+from tlresearch.protocols.context import RunContext
+from tlresearch.protocols.run import run_protocol
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.wandb_report import report_and_finish
 from tlresearch.checkpoints.resume import check_resume_checkpoint
@@ -46,7 +46,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir = Path(cfg.paths.output_dir)
     check_trainer_settings(cfg.trainer)
     check_bool("test_after_fit", cfg.test_after_fit)
-    pl.seed_everything(check_seed(cfg.seed), workers=True)
+    seed = check_seed(cfg.seed)
+    pl.seed_everything(seed, workers=True)
 
     datamodule = instantiate_node(cfg.data, "data")
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
@@ -69,11 +70,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for lg in loggers.values():
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    if isinstance(model.schedule, LogisticProbe):  # finetune=logistic: the L-BFGS protocol replaces the epochs
-        metrics, datamodule = fit_logistic_protocol(cfg, model, datamodule, list(loggers.values()))
-    else:
-        datamodule = maybe_cache_features(cfg, model, datamodule)  # frozen backbone: train the head on cached features
-        metrics = fit_and_test(cfg, trainer, model, datamodule, callbacks, ckpt_path)
+    # The schedule's protocol runs: the epoch loop (``fit``, perhaps on cached features), or
+    # what replaces it (finetune=logistic: L-BFGS logistic regression); see protocols/run.py.
+    context = run_context(cfg, seed, loggers.values())
+    metrics, datamodule = run_protocol(
+        model.schedule.protocol(), context, model, datamodule, lambda data: fit_and_test(cfg, trainer, model, data, callbacks, ckpt_path)
+    )
     write_run_records(out_dir, cfg, metrics, model, datamodule)
     report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}
@@ -92,6 +94,19 @@ def fit_and_test(cfg: DictConfig, trainer: pl.Trainer, model: TransferClassifier
     if cfg.test_after_fit and not trainer.interrupted:
         metrics.update(test_best(trainer, model, datamodule, callbacks))
     return metrics
+
+
+def run_context(cfg: DictConfig, seed: int, loggers) -> RunContext:
+    """The run's typed values that protocols read (they never see ``cfg``)."""
+    return RunContext(
+        output_dir=Path(cfg.paths.output_dir),
+        cache_dir=Path(str(cfg.paths.cache_dir)),
+        seed=seed,
+        precision=str(cfg.trainer.get("precision", "32-true")),
+        accelerator=cfg.trainer.get("accelerator", "cpu"),
+        channels_last=(cfg.get("model") or {}).get("channels_last", "auto"),
+        loggers=tuple(loggers),
+    )
 
 
 def checkpoint_io_for(loggers) -> AtomicCheckpointIO:

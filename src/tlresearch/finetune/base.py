@@ -11,6 +11,13 @@ schedule's state with the epoch counter.
 BatchNorm policy: a block that is frozen runs in eval mode as a whole (BatchNorm uses and
 never updates its running statistics, dropout is off): a frozen block is a fixed feature
 extractor, exactly what a feature cache would store.
+
+Protocol: :meth:`FreezeSchedule.protocol` returns a typed, frozen settings object that says how
+the run trains: :class:`EpochLoopSettings` (Lightning's epoch loop, fed by the feature cache
+where it applies) unless a schedule returns another :class:`ProtocolSettings` (e.g. the L-BFGS
+logistic regression of ``finetune/logistic.py``). The train task hands it to
+``tlresearch.protocols.run.run_protocol``, which picks the protocol by the settings' type; a
+schedule never imports a protocol (this package imports only ``tlresearch.core`` and torch).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from tlresearch.core.errors import ConfigError
+from tlresearch.core.config import require
 
 
 @dataclass
@@ -36,6 +43,29 @@ class GroupSpec:
         return self.start_epoch is not None and epoch >= self.start_epoch
 
 
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Base of the settings objects a schedule's :meth:`FreezeSchedule.protocol` returns; the
+    protocol that runs is chosen by the concrete type (``tlresearch.protocols.run``)."""
+
+
+@dataclass(frozen=True)
+class EpochLoopSettings(ProtocolSettings):
+    """Train with Lightning's epoch loop; with a frozen backbone, feed it cached features.
+
+    Args:
+        cache_features: use the feature cache where it applies (no backbone block trains and
+            nothing random happens before the head); ``False`` always runs the backbone.
+        cache_views: ``K >= 1``: cache K augmented views per training image when training
+            augmentation is on (``0``: the cache applies only without augmentation).
+        decode_on_device: decode JPEGs in batches on the device while extracting features.
+    """
+
+    cache_features: bool = True
+    cache_views: int = 0
+    decode_on_device: bool = False
+
+
 class FreezeSchedule:
     """Base class: subclasses implement :meth:`backbone_groups`; the head always trains
     from epoch 0 at the base LR."""
@@ -49,6 +79,11 @@ class FreezeSchedule:
     def backbone_groups(self, blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         raise NotImplementedError
 
+    def protocol(self) -> ProtocolSettings:
+        """How a run with this schedule trains: the epoch loop, with the feature cache where it
+        applies (schedules whose backbone trains never meet its conditions)."""
+        return EpochLoopSettings()
+
     def describe(self) -> dict:
         """The schedule's settings, for logs and provenance."""
         return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
@@ -56,6 +91,6 @@ class FreezeSchedule:
 
 def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
     """Raise a ConfigError naming ``finetune.<key>`` unless ``value`` is positive."""
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"finetune.{key}={value} is invalid: it must be {bound}.")
+    bound = ">= 0" if allow_zero else "> 0"
+    # Written as "not below the bound" so that NaN passes, as it always has.
+    require(not (value < 0 or (value == 0 and not allow_zero)), f"finetune.{key}", value, f"it must be {bound}.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlresearch.core.errors import ConfigError
+from tlresearch.core.config import require
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec, check_positive
 
 
@@ -29,8 +29,7 @@ class GradualUnfreeze(FreezeSchedule):
         max_blocks: int | None = None,
         backbone_lr_mult: float = 1.0,
     ) -> None:
-        if start_epoch < 1:
-            raise ConfigError(f"finetune.start_epoch={start_epoch} is invalid: the head trains alone first, so use >= 1.")
+        require(not start_epoch < 1, "finetune.start_epoch", start_epoch, "the head trains alone first, so use >= 1.")
         for key, value in {"every": every, "blocks_per_step": blocks_per_step, "backbone_lr_mult": backbone_lr_mult}.items():
             check_positive(key, value)
         if max_blocks is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlresearch.core.errors import ConfigError
+from tlresearch.core.config import require
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 
 
@@ -17,8 +17,7 @@ class LayerDecay(FreezeSchedule):
     name = "layer_decay"
 
     def __init__(self, decay: float = 0.75) -> None:
-        if not 0 < decay <= 1:
-            raise ConfigError(f"finetune.decay={decay} is invalid: it must be in (0, 1] (e.g. 0.65-0.85).")
+        require(0 < decay <= 1, "finetune.decay", decay, "it must be in (0, 1] (e.g. 0.65-0.85).")
         self.decay = decay
 
     def backbone_groups(self, blocks):

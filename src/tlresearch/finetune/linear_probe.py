@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tlresearch.core.errors import ConfigError
-from tlresearch.finetune.base import FreezeSchedule, GroupSpec
+from tlresearch.core.config import check_bool, check_int
+from tlresearch.finetune.base import EpochLoopSettings, FreezeSchedule, GroupSpec
 
 
 class LinearProbe(FreezeSchedule):
@@ -11,7 +11,7 @@ class LinearProbe(FreezeSchedule):
 
     Args:
         cache_features: train the head on backbone features computed once and stored on disk
-            (``tlresearch.finetune.cache``) when nothing random happens before the head.
+            (the feature cache, ``tlresearch.protocols``) when nothing random happens before the head.
         cache_views: ``0``: cache only without training augmentation; ``K >= 1``: cache K
             augmented views per training image (epoch ``e`` trains on view ``e mod K``).
         decode_on_device: while extracting cached features, decode JPEGs in batches with
@@ -21,14 +21,16 @@ class LinearProbe(FreezeSchedule):
     name = "linear_probe"
 
     def __init__(self, cache_features: bool = True, cache_views: int = 0, decode_on_device: bool = False) -> None:
-        for key, value in {"cache_features": cache_features, "decode_on_device": decode_on_device}.items():
-            if not isinstance(value, bool):
-                raise ConfigError(f"finetune.{key}={value!r} is invalid: use true or false.")
-        if isinstance(cache_views, bool) or not isinstance(cache_views, int) or cache_views < 0:
-            raise ConfigError(f"finetune.cache_views={cache_views!r} is invalid: use 0 (no augmentation) or K >= 1 augmented views per image.")
+        check_bool("finetune.cache_features", cache_features)
+        check_bool("finetune.decode_on_device", decode_on_device)
+        check_int("finetune.cache_views", cache_views, minimum=0, fix="use 0 (no augmentation) or K >= 1 augmented views per image.")
         self.cache_features = cache_features
         self.cache_views = cache_views
         self.decode_on_device = decode_on_device
 
     def backbone_groups(self, blocks):
         return [GroupSpec(f"backbone.{name}", params, 0.0, None) for name, params in blocks]
+
+    def protocol(self) -> EpochLoopSettings:
+        """The epoch loop, on cached features under this probe's cache settings."""
+        return EpochLoopSettings(self.cache_features, self.cache_views, self.decode_on_device)

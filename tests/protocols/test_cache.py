@@ -17,16 +17,9 @@ from tests.helpers import FAST, compose_cfg, run_cli
 from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.gpu_decode import device_decoded_batches
 from tlresearch.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
-from tlresearch.finetune.cache import (
-    CachedFeatureDataModule,
-    FeatureCache,
-    FeatureSpec,
-    cache_decision,
-    extract_features,
-    feature_key,
-    load_or_extract,
-    module_digest,
-)
+from tlresearch.protocols.cached_data import CachedFeatureDataModule
+from tlresearch.protocols.epoch_loop import cache_decision
+from tlresearch.protocols.features import FeatureCache, FeatureSpec, extract_features, feature_key, load_or_extract, module_digest
 from tlresearch.train import build_classifier, train
 from tlresearch.core.instantiate import instantiate_node
 
@@ -101,7 +94,7 @@ def test_decision_says_why(overrides, applies, reason, folder_root, tmp_path):
     cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={folder_root}", *overrides], tmp_path)
     datamodule = instantiate_node(cfg.data, "data")
     model = build_classifier(cfg, datamodule.num_classes, datamodule.classes)
-    decided, why = cache_decision(cfg, model, datamodule)
+    decided, why = cache_decision(model.schedule.protocol(), model, datamodule)
     assert decided is applies and reason in why
 
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from tests.helpers import FAST, compose_cfg
 from tlresearch.core.errors import ConfigError
 from tlresearch.evaluate import evaluate
-from tlresearch.finetune.logistic import LogisticProbe, fit_multinomial_logistic, l2_grid, regularization_path
+from tlresearch.finetune.logistic import LogisticProbe, l2_grid
 from tlresearch.models.classifier import load_classifier
+from tlresearch.protocols.logistic_solver import fit_multinomial_logistic, regularization_path
 from tlresearch.train import train
 
 
