@@ -42,7 +42,12 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     }
     if num_classes > 5:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-    return MetricCollection(metrics, prefix=f"{prefix}/")
+    # compute_groups=False: torchmetrics merges metrics whose states are equal after the FIRST
+    # update and from then on updates only one of them. Macro top-1 and micro top-5 accuracy
+    # keep the same per-class states, equal whenever no label of that first batch (e.g. the
+    # sanity check's) sits at rank 2-5; top-5 then silently reported top-1 for the whole run.
+    # Equal states after one batch are a property of the data, not of the metrics.
+    return MetricCollection(metrics, prefix=f"{prefix}/", compute_groups=False)
 
 
 class TransferClassifier(pl.LightningModule):
