@@ -28,8 +28,9 @@ from tlresearch.data.sampler import (
     SeededIndex,
     shuffled_loader,
 )
-from tlresearch.models.classifier import load_classifier
-from tlresearch.checkpoints.resume import capture_rng_states, restore_rng_states
+from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
+from tlresearch.core.errors import ConfigError
+from tlresearch.models.classifier import TransferClassifier, load_classifier
 from tlresearch.train import train
 from tlresearch.checkpoints.storage import read_checkpoint
 
@@ -242,3 +243,24 @@ def test_a_resumed_csv_log_keeps_the_rows_before_the_resumed_step_and_appends(tm
     fresh.log_metrics({"train/loss": 7.0}, step=0)
     fresh.save()
     assert [r["train/loss"] for r in read_csv_rows(tmp_path)] == ["7.0"]
+
+
+def test_a_checkpoint_that_names_its_backbone_family_by_source_still_resumes(tmp_path):
+    """Checkpoints of earlier versions store ``backbone: {_target_: ...backbones.create_backbone,
+    source: torchvision}``; today's configs name the family's own factory. Same run, same settings."""
+    today = {"_target_": "tlresearch.models.torchvision_backbones.create_backbone", "name": "resnet18", "weights": None, "input_size": 32}
+    model = TransferClassifier(
+        backbone=today, num_classes=3, finetune={"_target_": "tlresearch.finetune.linear_probe.LinearProbe"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+
+    def checkpoint_with(backbone: dict) -> Path:
+        path = tmp_path / f"{backbone['name']}.ckpt"
+        hparams = {**dict(model.hparams), "backbone": backbone}
+        torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "global_step": 7, "hyper_parameters": hparams}, path)
+        return path
+
+    legacy = {**today, "_target_": "tlresearch.models.backbones.create_backbone", "source": "torchvision"}
+    assert check_resume_checkpoint(checkpoint_with(legacy), model) == 7
+    with pytest.raises(ConfigError, match=r"backbone\.name: 'resnet50' in the checkpoint, 'resnet18' now"):
+        check_resume_checkpoint(checkpoint_with({**legacy, "name": "resnet50"}), model)

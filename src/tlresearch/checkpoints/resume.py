@@ -213,7 +213,11 @@ def check_resume_checkpoint(path: str | Path, model: pl.LightningModule, key: st
             f"{key}={str(path)!r} cannot be resumed from: it lacks {', '.join(missing)} (a weights-only or foreign "
             "checkpoint). Resume from a checkpoint of a tlresearch.train run directory (checkpoints/last.ckpt)."
         )
-    diffs = hparam_differences(ckpt.get("hyper_parameters") or {}, dict(model.hparams))
+    saved = dict(ckpt.get("hyper_parameters") or {})
+    # A model may know older spellings of its settings (e.g. TransferClassifier.current_hparams):
+    # a run interrupted before a rename still compares equal to the same run today.
+    upgrade = getattr(model, "current_hparams", None)
+    diffs = hparam_differences(upgrade(saved) if upgrade is not None else saved, dict(model.hparams))
     if diffs:
         raise ConfigError(
             f"{key}={str(path)!r} was written by a run with other settings, so it cannot be continued with this "

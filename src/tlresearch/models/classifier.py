@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbone import Backbone, Block
+from tlresearch.models.backbones import current_backbone_config
 from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
 from tlresearch.core.config import check_argument_types
 from tlresearch.core.instantiate import instantiate_node
@@ -119,6 +121,15 @@ class TransferClassifier(pl.LightningModule):
         # Compiled lazily into a plain attribute, so state_dict keys stay those of the
         # uncompiled backbone and checkpoints load with or without compilation.
         object.__setattr__(self, "_backbone_fn", torch.compile(self.backbone) if compile else self.backbone)
+
+    @staticmethod
+    def current_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's hyper-parameters in today's form (older versions named the backbone
+        family by ``source``): what a resumed run compares its settings with."""
+        hparams = dict(hparams)
+        if isinstance(hparams.get("backbone"), Mapping):
+            hparams["backbone"] = current_backbone_config(hparams["backbone"])
+        return hparams
 
     # ------------------------------------------------------------------ freeze schedule
 
