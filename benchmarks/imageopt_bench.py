@@ -40,7 +40,7 @@ from tlresearch.imageopt.jobs import JobDataset, build_ideal_jobs, job_generator
 from tlresearch.imageopt.module import ImageOptModule, JobResultWriter, merge_job_results  # noqa: E402
 from tlresearch.imageopt.network import FrozenClassifier, network_from_backbone, network_from_checkpoint  # noqa: E402
 from tlresearch.imageopt.param import noise_images  # noqa: E402
-from tlresearch.imageopt.settings import from_node  # noqa: E402
+from tlresearch.core.config import from_node  # noqa: E402
 
 IDEAL_SIZE = 64
 JOBS, IMAGES_PER_JOB = 4, 8
