@@ -118,7 +118,6 @@ class Table:
         return "%" if self.percent else ""
 
 
-
 # ----------------------------------------------------------------------------- building
 
 
@@ -137,7 +136,7 @@ def build_table(
         runs: from :func:`~tlresearch.results.records.find_runs`.
         metric: a ``metrics.json`` key.
         rows: table keys (see :meth:`Run.value`) for the rows; None: the keys that vary
-            across runs, seed excluded (see :func:`default_row_keys`).
+            across runs, seed excluded (see :func:`~tlresearch.results.grouping.default_row_keys`).
         cols: table keys for the columns; None: one column.
         percent: None: automatic (accuracy-like metric in [0, 1]); True/False: force.
         goal: which mean is best: ``"max"``, ``"min"``, or None to infer from the name.
