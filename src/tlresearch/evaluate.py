@@ -10,11 +10,12 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from tlresearch.core.config import check_choice
 from tlresearch.core.errors import ConfigError
+from tlresearch.core.files import write_json_atomic
+from tlresearch.core.instantiate import instantiate_node
 from tlresearch.models.classifier import TransferClassifier, load_classifier
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.core.instantiate import instantiate_node
-from tlresearch.core.files import write_json_atomic
 
 log = logging.getLogger("tlresearch.evaluate")
 SPLITS = ("train", "val", "test")
@@ -35,8 +36,7 @@ def check_classes_match(model: TransferClassifier, classes: list[str], data_key:
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test a checkpoint on ``cfg.split`` of ``cfg.data``; write metrics.json in the run directory."""
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r} is invalid: use one of {', '.join(SPLITS)}.")
+    check_choice("split", cfg.split, SPLITS)
     pl.seed_everything(cfg.seed, workers=True)
     model = load_classifier(cfg.ckpt_path)
     datamodule = instantiate_node(cfg.data, "data")

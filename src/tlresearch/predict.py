@@ -9,18 +9,17 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from tlresearch.core.config import require
+from tlresearch.core.files import write_json_atomic
 from tlresearch.data.transforms import eval_transform
 from tlresearch.data.user_images import expand_image_paths, open_user_image
-from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import load_classifier
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.core.files import write_json_atomic
 
 
 def predict(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Print and return the top-k classes with probabilities for each image."""
-    if int(cfg.top_k) < 1:
-        raise ConfigError(f"top_k={cfg.top_k} is invalid: use a positive integer.")
+    require(int(cfg.top_k) >= 1, "top_k", cfg.top_k, "use a positive integer.")
     model = load_classifier(cfg.ckpt_path, map_location=cfg.device).to(cfg.device)
     transform = eval_transform(model.backbone.preprocessing)
     names = list(model.hparams.class_names or range(model.hparams.num_classes))

@@ -19,8 +19,10 @@ import warnings
 from collections.abc import Sequence
 
 from tlresearch.core.errors import ConfigError
+from tlresearch.results.aggregate import DEFAULT_METRIC, build_table
+from tlresearch.results.formats import FORMATS, render
+from tlresearch.results.plots import plot_table
 from tlresearch.results.records import find_runs
-from tlresearch.results.table import DEFAULT_METRIC, FORMATS, build_table, render
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {message}", file=sys.stderr)
         sys.stdout.write(render(table, args.format, show_runs=args.show_runs))
         if args.plot:
-            from tlresearch.results.plots import plot_table
-
             print(f"wrote {plot_table(table, args.plot)}", file=sys.stderr)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,41 +24,31 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tlresearch.core.config import check_choice, from_node, plain, require
 from tlresearch.core.errors import ConfigError, suggest
+from tlresearch.core.files import write_json_atomic
+from tlresearch.core.instantiate import instantiate_group, instantiate_node
 from tlresearch.imageopt.attacks import AttackSettings
 from tlresearch.imageopt.ideal import IdealSettings
-from tlresearch.imageopt.images import SourceImages, dataset_split_sources, decode_sources, load_source_images, to_float
-from tlresearch.imageopt.jobs import (
-    UNKNOWN_LABEL,
-    Job,
-    JobDataset,
-    build_attack_jobs,
-    build_ideal_jobs,
-    job_loader,
-    labels_from_folders,
-)
-from tlresearch.imageopt.metrics import summarize_attack, summarize_ideal
+from tlresearch.imageopt.images import SourceImages, dataset_split_sources, decode_sources, load_source_images
+from tlresearch.imageopt.jobs import Job, JobDataset, build_attack_jobs, build_ideal_jobs, job_loader, labels_from_names, resolve_labels
+from tlresearch.imageopt.metrics import run_metrics
 from tlresearch.imageopt.module import ImageOptModule, JobResultWriter, merge_job_results
 from tlresearch.imageopt.network import (
     FrozenClassifier,
     check_image_size,
     network_from_backbone,
     network_from_checkpoint,
-    normalise_name,
-    resolve_class,
     resolve_classes,
-    slug,
 )
-from tlresearch.imageopt.render import attack_grid, ideal_grid, log_to_wandb, save_png
-from tlresearch.core.config import from_node, plain, require, check_choice
+from tlresearch.imageopt.outputs import write_outputs
+from tlresearch.imageopt.render import log_results
+from tlresearch.results.provenance import provenance_record
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.core.instantiate import instantiate_group, instantiate_node
-from tlresearch.core.files import atomic_write, write_json_atomic
 
 log = logging.getLogger("tlresearch.visualize")
 
 TASKS = ("ideal", "adversarial")
-WANDB_MAX_IMAGES = 32  # W&B gets the grid and the first 32 PNGs: the page stays quick to load
 
 
 def visualize(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -92,8 +82,9 @@ def visualize(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     results = merge_job_results(writer.directory, [job.job_id for job in jobs])
     images = torch.cat([r["images"] for r in results])
     records = [record for r in results for record in r["records"]]
-    metrics = run_metrics(cfg, network, check, records, results, elapsed, trainer.world_size)
+    metrics = run_metrics(cfg.task, network, check, records, results, elapsed, trainer.world_size)
     pictures = write_outputs(out_dir, cfg.task, images, records, sources, metrics, cfg.get("grid_max_rows", 16))
+    write_json_atomic(out_dir / "provenance.json", provenance_record(None, {"network": metrics["network"], "task": cfg.task}))
     log_to_loggers(cfg, metrics, pictures)
     print_summary(out_dir, metrics)
     objects.update(images=images, records=records, sources=sources)
@@ -190,24 +181,7 @@ def source_images(cfg: DictConfig, network: FrozenClassifier, image_size: int) -
     paths, class_names = dataset_split_sources(datamodule, split, max_images)
     if not paths:
         raise ConfigError(f"data_split={cfg.get('data_split')!r} of the data config holds no image; pick another split (train | val | test).")
-    wanted = {normalise_name(c): i for i, c in enumerate(network.class_names)}
-    labels = [wanted.get(normalise_name(name), UNKNOWN_LABEL) for name in class_names]
-    return decode_sources(paths, image_size, "data"), labels
-
-
-def resolve_labels(value: Any, sources: SourceImages, network: FrozenClassifier) -> list[int]:
-    """True classes of the source images: ``labels`` (one for all, or one per image), else the
-    parent folder's name when it is a class, else ``-1`` (the clean prediction is used)."""
-    if value is None:
-        return labels_from_folders(sources.paths, network.class_names)
-    if isinstance(value, (str, int)):
-        return [resolve_class(value, network.class_names, "labels")] * len(sources)
-    if len(value) != len(sources):
-        raise ConfigError(
-            f"labels has {len(value)} entries but images gives {len(sources)} files; give one label per image "
-            "(in the order of the expanded paths), a single label for all, or null."
-        )
-    return resolve_classes(value, network.class_names, "labels")
+    return decode_sources(paths, image_size, "data"), labels_from_names(class_names, network.class_names)
 
 
 def build_trainer(cfg: DictConfig, writer: JobResultWriter) -> pl.Trainer:
@@ -220,95 +194,10 @@ def build_trainer(cfg: DictConfig, writer: JobResultWriter) -> pl.Trainer:
 # ----------------------------------------------------------------------------- outputs
 
 
-def run_metrics(
-    cfg: DictConfig,
-    network: FrozenClassifier,
-    check: FrozenClassifier | None,
-    records: list[dict[str, Any]],
-    results: list[dict[str, Any]],
-    elapsed: float,
-    world_size: int,
-) -> dict[str, Any]:
-    """The flat ``metrics.json`` of the run."""
-    summary = summarize_ideal(records) if cfg.task == "ideal" else summarize_attack(records)
-    image_steps = sum(int(r["image_steps"]) for r in results)
-    return {
-        "status": "completed",
-        "task": cfg.task,
-        "network": network.name,
-        "check_network": check.name if check is not None else None,
-        "jobs": len(results),
-        "world_size": world_size,
-        "time/optimize_s": elapsed,
-        "throughput/image_steps_s": image_steps / elapsed if elapsed > 0 else None,
-        **summary,
-    }
-
-
-def write_outputs(
-    out_dir: Path,
-    task: str,
-    images: torch.Tensor,
-    records: list[dict[str, Any]],
-    sources: SourceImages | None,
-    metrics: dict[str, Any],
-    grid_max_rows: int,
-) -> dict[str, Path]:
-    """PNG files, the labelled grid, per-image records, tensors, metrics and provenance."""
-    from tlresearch.results.provenance import provenance_record
-
-    pictures = write_pngs(out_dir / "images", task, images, records, sources)
-    if task == "ideal":
-        pictures["grid"] = ideal_grid(images, records, out_dir / "grid.png", grid_max_rows)
-    else:
-        pictures["grid"] = attack_grid(to_float(sources.pixels), images, records, out_dir / "grid.png", grid_max_rows)
-    write_json_atomic(out_dir / "results.json", records)
-    tensors = {"images": images, "records": records, "sources": sources.pixels if sources else None}
-    atomic_write(out_dir / "results.pt", lambda tmp: torch.save(tensors, tmp))
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_json_atomic(out_dir / "provenance.json", provenance_record(None, {"network": metrics["network"], "task": task}))
-    return pictures
-
-
-def write_pngs(
-    directory: Path, task: str, images: torch.Tensor, records: list[dict[str, Any]], sources: SourceImages | None
-) -> dict[str, Path]:
-    """One PNG per result image (attacks: also the magnified perturbation, and each source
-    once); each record gets its file name under ``png``."""
-    from tlresearch.imageopt.render import magnified_perturbation
-
-    pictures: dict[str, Path] = {}
-    for i, (image, r) in enumerate(zip(images, records)):
-        if task == "ideal":
-            name = f"{i:03d}_{slug(r['target_name'])}_seed{r['seed']}"
-        else:
-            goal = f"to_{slug(r['target_name'])}" if r["target"] >= 0 else "untargeted"
-            name = f"{i:03d}_{slug(sources.paths[r['source_index']].stem)}_{goal}"
-            source = to_float(sources.pixels[r["source_index"]])
-            save_png(magnified_perturbation(image, source)[0], directory / f"{name}_perturbation.png")
-        pictures[name] = save_png(image, directory / f"{name}.png")
-        r["png"] = f"{directory.name}/{name}.png"
-    if sources is not None:
-        for j, path in enumerate(sources.paths):
-            name = f"src{j:03d}_{slug(path.stem)}_source"
-            pictures[name] = save_png(to_float(sources.pixels[j]), directory / f"{name}.png")
-    return pictures
-
-
 def log_to_loggers(cfg: DictConfig, metrics: dict[str, Any], pictures: dict[str, Path]) -> None:
     """Send the config and metrics (and, to W&B, the pictures) to the configured loggers."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for logger in instantiate_group(cfg.get("logger"), "logger").values():
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if isinstance(logger, WandbLogger):
-            shown = {"grid": pictures["grid"], **dict(list(pictures.items())[:WANDB_MAX_IMAGES])}
-            log_to_wandb(logger, metrics, shown)
-        else:
-            logger.log_metrics(numeric)
-        logger.save()
-        logger.finalize("success")
+        log_results(logger, OmegaConf.to_container(cfg, resolve=True), metrics, pictures)
 
 
 def print_summary(out_dir: Path, metrics: dict[str, Any]) -> None:

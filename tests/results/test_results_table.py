@@ -12,15 +12,10 @@ from typing import Any
 import pytest
 
 from tlresearch.core.errors import ConfigError
+from tlresearch.results.aggregate import Table, build_table, higher_is_better, is_accuracy_like
+from tlresearch.results.formats import render
+from tlresearch.results.grouping import default_row_keys
 from tlresearch.results.records import find_runs
-from tlresearch.results.table import (
-    Table,
-    build_table,
-    default_row_keys,
-    higher_is_better,
-    is_accuracy_like,
-    render,
-)
 
 METRIC = "test/mean_class_acc"
 

@@ -22,7 +22,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from tlresearch.imageopt.network import normalise_name
+from tlresearch.core.errors import ConfigError
+from tlresearch.imageopt.images import SourceImages
+from tlresearch.imageopt.network import FrozenClassifier, normalise_name, resolve_class, resolve_classes
 from tlresearch.imageopt.objectives import UNTARGETED
 
 UNKNOWN_LABEL = -1  # a source image's label is then the network's clean prediction
@@ -70,10 +72,31 @@ def build_attack_jobs(num_images: int, targets: Sequence[int], labels: Sequence[
     return jobs
 
 
+def labels_from_names(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
+    """Each name's class index when it names one of ``class_names`` (case, ``_`` and ``-``
+    ignored), else ``-1``."""
+    lookup = {normalise_name(c): i for i, c in enumerate(class_names)}
+    return [lookup.get(normalise_name(name), UNKNOWN_LABEL) for name in names]
+
+
 def labels_from_folders(paths: Sequence[Path], class_names: Sequence[str]) -> list[int]:
     """Each image's parent folder name as its class when it is one (ImageFolder layout), else -1."""
-    lookup = {normalise_name(c): i for i, c in enumerate(class_names)}
-    return [lookup.get(normalise_name(p.parent.name), UNKNOWN_LABEL) for p in paths]
+    return labels_from_names([p.parent.name for p in paths], class_names)
+
+
+def resolve_labels(value: Any, sources: SourceImages, network: FrozenClassifier) -> list[int]:
+    """True classes of the source images: ``labels`` (one for all, or one per image), else the
+    parent folder's name when it is a class, else ``-1`` (the clean prediction is used)."""
+    if value is None:
+        return labels_from_folders(sources.paths, network.class_names)
+    if isinstance(value, (str, int)):
+        return [resolve_class(value, network.class_names, "labels")] * len(sources)
+    if len(value) != len(sources):
+        raise ConfigError(
+            f"labels has {len(value)} entries but images gives {len(sources)} files; give one label per image "
+            "(in the order of the expanded paths), a single label for all, or null."
+        )
+    return resolve_classes(value, network.class_names, "labels")
 
 
 def job_generator(seed: int, job_id: int, device: torch.device | str) -> torch.Generator:

@@ -203,3 +203,29 @@ def summarize_attack(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if records and "transfer_success" in records[0]:
         out["attack/transfer_success_rate"] = _rate([r["transfer_success"] for r in won if r["check_clean_correct"]])
     return out
+
+
+def run_metrics(
+    task: str,
+    network: FrozenClassifier,
+    check: FrozenClassifier | None,
+    records: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    elapsed: float,
+    world_size: int,
+) -> dict[str, Any]:
+    """The flat ``metrics.json`` of a run of ``task`` (``ideal`` or ``adversarial``): what ran,
+    how long it took, and the task's summary."""
+    summary = summarize_ideal(records) if task == "ideal" else summarize_attack(records)
+    image_steps = sum(int(r["image_steps"]) for r in results)
+    return {
+        "status": "completed",
+        "task": task,
+        "network": network.name,
+        "check_network": check.name if check is not None else None,
+        "jobs": len(results),
+        "world_size": world_size,
+        "time/optimize_s": elapsed,
+        "throughput/image_steps_s": image_steps / elapsed if elapsed > 0 else None,
+        **summary,
+    }

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from tlresearch.core.errors import ConfigError, suggest
+from tlresearch.core.instantiate import instantiate_node
+from tlresearch.models.classifier import load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,6 @@ class FrozenClassifier(nn.Module):
 
 def network_from_backbone(backbone_cfg: Any, key: str = "backbone") -> FrozenClassifier:
     """The backbone of a config (``conf/backbone/*.yaml``) with its pretrained (ImageNet) head."""
-    from tlresearch.core.instantiate import instantiate_node
-
     backbone = instantiate_node(backbone_cfg, key)
     if backbone.pretrained_head is None:
         raise ConfigError(
@@ -101,8 +101,6 @@ def network_from_backbone(backbone_cfg: Any, key: str = "backbone") -> FrozenCla
 
 def network_from_checkpoint(ckpt_path: str | Path, key: str = "ckpt_path") -> FrozenClassifier:
     """A classifier trained by ``tlresearch.train``; its classes are that dataset's classes."""
-    from tlresearch.models.classifier import load_classifier
-
     try:
         model = load_classifier(ckpt_path)
     except ConfigError as exc:

@@ -1,4 +1,5 @@
-"""Pictures of the results: one PNG per image, a labelled grid, and the same to W&B.
+"""Pictures of the results: one PNG per image, a labelled grid, and the same (with the metrics)
+to the run's loggers, W&B included.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never
 through ``pyplot`` (no global state, safe on headless machines); every file is written
@@ -14,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 from tlresearch.imageopt.images import to_uint8
 from tlresearch.core.files import atomic_write
 
 GRID_CELL_INCHES = 2.2
+WANDB_MAX_IMAGES = 32  # W&B gets the grid and the first 32 PNGs: the page stays quick to load
 
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
@@ -42,6 +45,8 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
+    # matplotlib is imported where a figure is made (here and in _image_axes): it takes about a
+    # second to import, and every visualize process (DDP ranks included) imports this module.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -100,6 +105,11 @@ def attack_grid(
     return _save_figure(fig, Path(path))
 
 
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers among flat metrics (booleans, strings and None left out): what loggers take."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def log_to_wandb(run_or_logger: Any, metrics: Mapping[str, Any], images: Mapping[str, str | Path]) -> None:
     """Log the numeric metrics and the PNGs to W&B.
 
@@ -108,11 +118,26 @@ def log_to_wandb(run_or_logger: Any, metrics: Mapping[str, Any], images: Mapping
         metrics: flat metrics; non-numeric values are skipped.
         images: name -> PNG file, logged as ``imageopt/<name>``.
     """
+    # Imported here: wandb takes more than a second to import, and most runs log no pictures to it.
     import wandb
 
     run = getattr(run_or_logger, "experiment", run_or_logger)
-    payload: dict[str, Any] = {
-        k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    payload: dict[str, Any] = numeric_metrics(metrics)
     payload.update({f"imageopt/{name}": wandb.Image(str(p), caption=name) for name, p in images.items()})
     run.log(payload)
+
+
+def log_results(logger: Logger, config: Mapping[str, Any], metrics: Mapping[str, Any], pictures: Mapping[str, Path]) -> None:
+    """Send a run's config and metrics to one Lightning logger, and close it.
+
+    A W&B logger also gets the grid and the first :data:`WANDB_MAX_IMAGES` PNGs of
+    ``pictures`` (name -> PNG file, the grid under ``"grid"``); other loggers get the numbers.
+    """
+    logger.log_hyperparams(config)
+    if isinstance(logger, WandbLogger):
+        shown = {"grid": pictures["grid"], **dict(list(pictures.items())[:WANDB_MAX_IMAGES])}
+        log_to_wandb(logger, metrics, shown)
+    else:
+        logger.log_metrics(numeric_metrics(metrics))
+    logger.save()
+    logger.finalize("success")

@@ -19,12 +19,13 @@ import numpy as np
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import atomic_write
+from tlresearch.results.aggregate import Table, is_accuracy_like
+from tlresearch.results.formats import cell_parts
+from tlresearch.results.grouping import format_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from tlresearch.results.table import Table
 
 _X_COLUMNS = ("step", "epoch")
 
@@ -67,8 +68,6 @@ def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathL
     columns to a learning-rate panel. The x axis is the global ``step`` (``epoch`` when there
     is no step), so per-step and per-epoch series share one axis. Returns ``out_png``.
     """
-    from tlresearch.results.table import is_accuracy_like
-
     data = read_metrics_csv(metrics_csv)
     x_name, x = _x_axis(data)
     series = {n: v for n, v in data.items() if n not in _X_COLUMNS and np.isfinite(v).any()}
@@ -178,8 +177,6 @@ def plot_table(table: Table, out_png: str | os.PathLike) -> Path:
     A cell with no value is drawn as no bar with its reason (``failed``, ``missing``) written
     at the base; an incomplete cell is annotated with ``n=values/runs``. Returns ``out_png``.
     """
-    from tlresearch.results.table import cell_parts, format_label
-
     n_rows, n_cols = max(1, len(table.rows)), max(1, len(table.cols))
     width = 0.8 / n_cols
     fig = _figure(figsize=(min(30.0, max(6.0, 0.9 * n_rows * max(1.0, n_cols * 0.6) + 2.0)), 4.8))
@@ -217,6 +214,8 @@ def plot_table(table: Table, out_png: str | os.PathLike) -> Path:
 
 
 def _figure(figsize: tuple[float, float]) -> Figure:
+    # Imported here, not at the top: matplotlib takes about a second to import, and train and
+    # ``python -m tlresearch.table`` import this module whether or not they plot.
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, dpi=100, layout="constrained")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from tlresearch.core.files import write_json_atomic
 
 PACKAGES = ("tlresearch", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "timm", "wandb", "pillow")
 
@@ -60,7 +63,7 @@ def device_info() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
@@ -92,8 +95,6 @@ def write_provenance(out_dir: str | Path, record: dict[str, Any]) -> Path:
     A run that is resumed in the same directory keeps the record of its earlier part(s) under
     ``"previous"``: a number can be traced through every command and commit that produced it.
     """
-    from tlresearch.core.files import write_json_atomic
-
     path = Path(out_dir) / "provenance.json"
     try:
         earlier = json.loads(path.read_text())

@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tlresearch.core.errors import ConfigError
+from tlresearch.results.config_tree import MISSING, get_path, resolve_config, set_path, split_override
 
 Status = Literal["completed", "failed", "interrupted", "missing"]
 STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted", "missing")
@@ -40,8 +43,8 @@ METRICS_FILE = "metrics.json"
 MULTIRUN_FILE = "multirun.yaml"
 # The sweeper whose grid we can reproduce; other sweepers (Optuna, …) choose points adaptively.
 _BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-
-_MISSING = object()
+#: Fields of ``metrics.json`` that are not metrics: the run's status and a failed run's error.
+NOT_METRIC_KEYS = frozenset({"status", "error"})
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Run:
     @property
     def override_dict(self) -> dict[str, str | None]:
         """The overrides as ``{key: value-string}``, keys without ``+``/``++``/``~`` or ``@package``."""
-        return dict(_split_override(o) for o in self.overrides)
+        return dict(split_override(o) for o in self.overrides)
 
     def value(self, key: str) -> Any:
         """Resolve a table key for this run.
@@ -91,8 +94,8 @@ class Run:
         of that config group (``experiment`` -> ``"my_study"``); else a metrics key
         (``test/acc``). Raises KeyError when none of these exists.
         """
-        node = _get_path(self.config, key)
-        if node is not _MISSING and not isinstance(node, Mapping):
+        node = get_path(self.config, key)
+        if node is not MISSING and not isinstance(node, Mapping):
             return node
         if isinstance(node, Mapping) and "name" in node:
             return node["name"]
@@ -237,43 +240,6 @@ def _load_yaml(path: Path) -> Any:
         return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
 
 
-def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Resolve the interpolations of a config as Hydra saved it, leaf by leaf where needed.
-
-    Hydra saves ``config.yaml`` unresolved; ``${optimizer.lr}`` resolves here, while
-    ``${hydra:runtime.output_dir}`` cannot outside a Hydra run and stays as its raw string.
-    """
-    from omegaconf import OmegaConf
-
-    try:
-        conf = OmegaConf.create(dict(raw))
-    except Exception:  # not valid as an OmegaConf config (odd keys): use the YAML as it is
-        return dict(raw)
-    try:
-        return OmegaConf.to_container(conf, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
-    except Exception:
-        return _resolve_leafwise(conf)
-
-
-def _resolve_leafwise(node: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig
-
-    if isinstance(node, DictConfig):
-        keys = list(node.keys())
-    elif isinstance(node, ListConfig):
-        keys = list(range(len(node)))
-    else:
-        return node
-    out = {} if isinstance(node, DictConfig) else [None] * len(keys)
-    for key in keys:
-        try:
-            value = node[key]
-        except Exception:  # an interpolation that cannot resolve here: keep "${...}"
-            value = node._get_node(key)._value()  # noqa: SLF001
-        out[key] = _resolve_leafwise(value)
-    return out
-
-
 # ----------------------------------------------------------------------------- sweep grids
 
 
@@ -314,9 +280,6 @@ def expected_missing_runs(sweep_dir: Path, members: list[Run]) -> list[Run]:
 
 def expand_grid(overrides: list[str]) -> list[list[str]]:
     """The jobs Hydra's basic sweeper launches for ``overrides``, each a list of override strings."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [list(job) for job in batch]
@@ -331,8 +294,6 @@ def _config_for_combo(base_config: dict[str, Any], base_choices: dict[str, Any],
     group node is borrowed from a sibling job that chose the same option, or else dropped (then
     :meth:`Run.value` falls back to the choice itself).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create()
     config = copy.deepcopy(base_config)
     choices = dict(base_choices)
@@ -345,74 +306,16 @@ def _config_for_combo(base_config: dict[str, Any], base_choices: dict[str, Any],
             value = override.value()
             choices[key] = value
             sibling = next((r for r in members if r.choices.get(key) == value and r.exists), None)
-            node = _get_path(sibling.config, key) if sibling else _MISSING
-            _set_path(config, key, copy.deepcopy(node) if node is not _MISSING else _MISSING)
+            node = get_path(sibling.config, key) if sibling else MISSING
+            set_path(config, key, copy.deepcopy(node) if node is not MISSING else MISSING)
         elif override.is_delete():
-            _set_path(config, key, _MISSING)
+            set_path(config, key, MISSING)
         else:
-            _set_path(config, key, override.value())
+            set_path(config, key, override.value())
     return resolve_config(config), choices
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _split_override(text: str) -> tuple[str, str | None]:
-    """``"+backbone@model=vgg16"`` -> ``("backbone", "vgg16")``; ``"~a.b"`` -> ``("a.b", None)``."""
-    key, sep, value = str(text).partition("=")
-    key = key.lstrip("+~").split("@", 1)[0].strip()
-    return key, (value if sep else None)
-
-
-def _get_path(config: Any, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
-
-
-def _set_path(config: dict[str, Any], key: str, value: Any) -> None:
-    """Set (or, with ``_MISSING``, delete) a dotted key, creating mappings on the way."""
-    parts = key.split(".")
-    node = config
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            if value is _MISSING:
-                return
-            node[part] = {}
-        node = node[part]
-    if value is _MISSING:
-        node.pop(parts[-1], None)
-    else:
-        node[parts[-1]] = value
-
-
-def config_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Every dotted path of a config, mappings included (``optimizer``, ``optimizer.lr``, …)."""
-    keys = []
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        keys.append(path)
-        if isinstance(value, Mapping):
-            keys.extend(config_keys(value, prefix=f"{path}."))
-    return keys
-
-
-def config_leaves(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The non-mapping values of a config by dotted path."""
-    leaves: dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            leaves.update(config_leaves(value, prefix=f"{path}."))
-        else:
-            leaves[path] = value
-    return leaves
 
 
 def _natural_key(text: str) -> list[Any]:

@@ -30,9 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from tlresearch.data.images import load_rgb
+
+# ``wandb`` itself is imported inside the functions that build W&B objects: it takes more than a
+# second to import, and every run imports this module, with a W&B logger or without.
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +59,6 @@ MAX_TAG_CHARS = 64  # W&B's limit on tags
 def hydra_context() -> dict[str, Any]:
     """The current Hydra job: ``choices``, ``overrides``, ``output_dir``, and in a multirun
     ``sweep_dir`` and ``job_num``; ``{}`` outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
-
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
@@ -113,8 +116,6 @@ def run_tags(tags: Iterable[str], context: Mapping[str, Any]) -> list[str]:
 
 def wandb_loggers(loggers: Iterable[Any]) -> list[Any]:
     """The Lightning ``WandbLogger`` instances among ``loggers``."""
-    from pytorch_lightning.loggers import WandbLogger
-
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from tlresearch.results.wandb_report import cell_group, hydra_context, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def wandb_logger(
     (:func:`~tlresearch.results.wandb_report.run_tags`). Other arguments go to
     :class:`ReportingWandbLogger`.
     """
-    from tlresearch.results.wandb_report import cell_group, hydra_context, run_tags
-
     context = hydra_context()
     if group is not None and group_by_overrides:
         group = cell_group(group, context.get("overrides", []))
