@@ -37,8 +37,8 @@ os.environ.update(
 )
 sys.path.insert(0, str(REPO))  # `tests.helpers` (the compose API as the CLI uses it) and `benchmarks`
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
+import pytorch_lightning as pl
+import torch
 
 for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "tlresearch"):
     logging.getLogger(name).setLevel(logging.ERROR)

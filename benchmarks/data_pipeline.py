@@ -22,16 +22,15 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import WORKSPACE, interleave, median, report  # noqa: E402
+import torch
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision.datasets import ImageFolder  # noqa: E402
-
-from tlresearch.data.datamodule import resolve_num_workers, resolve_pin_memory  # noqa: E402
-from tlresearch.data.folder import ImageFolderDataModule  # noqa: E402
-from tlresearch.data.generate import generate_folder  # noqa: E402
-from tlresearch.data.transforms import Augmentation, Preprocessing, train_transform  # noqa: E402
+from benchmarks._common import WORKSPACE, interleave, median, report
+from tlresearch.data.datamodule import resolve_num_workers, resolve_pin_memory
+from tlresearch.data.folder import ImageFolderDataModule
+from tlresearch.data.generate import generate_folder
+from tlresearch.data.transforms import Augmentation, Preprocessing, train_transform
 
 
 def images_per_second(loader: DataLoader, epochs: int) -> list[float]:

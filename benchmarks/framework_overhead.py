@@ -22,14 +22,13 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import CLOCK, WORKSPACE, clock_of, compose, interleave, median, quiet_train, report, set_threads, step_durations  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from tlresearch.data.generate import generate_folder  # noqa: E402
-from tlresearch.train import build_classifier  # noqa: E402
-from tlresearch.core.instantiate import instantiate_node  # noqa: E402
+from benchmarks._common import CLOCK, WORKSPACE, clock_of, compose, interleave, median, quiet_train, report, set_threads, step_durations
+from tlresearch.core.instantiate import instantiate_node
+from tlresearch.data.generate import generate_folder
+from tlresearch.train import build_classifier
 
 EPOCHS = 2
 

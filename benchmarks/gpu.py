@@ -30,16 +30,15 @@ from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import WORKSPACE, machine  # noqa: E402
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from tlresearch.models.torchvision_backbones import create_backbone  # noqa: E402
-from tlresearch.models.performance import autocast_for, to_channels_last  # noqa: E402
+from benchmarks._common import WORKSPACE, machine
+from tlresearch.models.performance import autocast_for, to_channels_last
+from tlresearch.models.torchvision_backbones import create_backbone
 
 NUM_CLASSES = 37
 

@@ -27,20 +27,19 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import WORKSPACE, interleave, median, report, set_threads  # noqa: E402
+import pytorch_lightning as pl
+import torch
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-
-from tests.imageopt.stripes import stripe_images, train_stripe_classifier  # noqa: E402
-from tlresearch.core.config import from_node  # noqa: E402
-from tlresearch.imageopt.attacks import AttackSettings, projected_attack  # noqa: E402
-from tlresearch.imageopt.ideal import IdealSettings  # noqa: E402
-from tlresearch.imageopt.images import quantize_8bit  # noqa: E402
-from tlresearch.imageopt.jobs import JobDataset, build_ideal_jobs, job_generator, job_loader  # noqa: E402
-from tlresearch.imageopt.module import ImageOptModule, JobResultWriter, merge_job_results  # noqa: E402
-from tlresearch.imageopt.network import FrozenClassifier, network_from_backbone, network_from_checkpoint  # noqa: E402
-from tlresearch.imageopt.param import noise_images  # noqa: E402
+from benchmarks._common import WORKSPACE, interleave, median, report, set_threads
+from tests.imageopt.stripes import stripe_images, train_stripe_classifier
+from tlresearch.core.config import from_node
+from tlresearch.imageopt.attacks import AttackSettings, projected_attack
+from tlresearch.imageopt.ideal import IdealSettings
+from tlresearch.imageopt.images import quantize_8bit
+from tlresearch.imageopt.jobs import JobDataset, build_ideal_jobs, job_generator, job_loader
+from tlresearch.imageopt.module import ImageOptModule, JobResultWriter, merge_job_results
+from tlresearch.imageopt.network import FrozenClassifier, network_from_backbone, network_from_checkpoint
+from tlresearch.imageopt.param import noise_images
 
 IDEAL_SIZE = 64
 JOBS, IMAGES_PER_JOB = 4, 8

@@ -21,13 +21,12 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import CLOCK, WORKSPACE, clock_of, compose, median, quiet_train, report, set_threads  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from tlresearch.data.generate import generate_folder  # noqa: E402
-from tlresearch.finetune.logistic import LogisticProbe  # noqa: E402
-from tlresearch.protocols.logistic_solver import regularization_path  # noqa: E402
+from benchmarks._common import CLOCK, WORKSPACE, clock_of, compose, median, quiet_train, report, set_threads
+from tlresearch.data.generate import generate_folder
+from tlresearch.finetune.logistic import LogisticProbe
+from tlresearch.protocols.logistic_solver import regularization_path
 
 
 def probe_overrides(root: pathlib.Path, args: argparse.Namespace) -> list[str]:

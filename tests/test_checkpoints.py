@@ -11,10 +11,10 @@ import torch
 
 from tests.helpers import FAST, compose_cfg
 from tests.probes import CheckpointFolderProbe
+from tlresearch.checkpoints.storage import FROZEN_KEYS, FROZEN_STATE, AtomicCheckpointIO, read_checkpoint
 from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import load_classifier
 from tlresearch.train import train
-from tlresearch.checkpoints.storage import FROZEN_KEYS, FROZEN_STATE, AtomicCheckpointIO, read_checkpoint
 
 PROBE = ["+callbacks.folder_probe._target_=tests.probes.CheckpointFolderProbe"]
 

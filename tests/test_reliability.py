@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 
 from tests.helpers import FAST, compose_cfg, run_cli
-from tlresearch.core.errors import ConfigError
-from tlresearch.train import train
 from tlresearch.checkpoints.storage import AtomicCheckpointIO, CheckpointWriteError, read_checkpoint
-from tlresearch.runner.entry import run_task
+from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import OutputWriteError, write_json_atomic
+from tlresearch.runner.entry import run_task
+from tlresearch.train import train
 
 #: 18 training images in batches of 4: 5 steps per epoch; last.ckpt after every step.
 STEPPED = [*FAST, "data=folder", "data.batch_size=4", "trainer.max_epochs=1", "test_after_fit=false",
@@ -306,7 +306,6 @@ def test_every_run_directory_records_its_provenance(sweep, folder_root):
     from importlib import metadata
 
     from tlresearch.data.folder import ImageFolderDataModule
-
     from tlresearch.results.provenance import git_state
 
     expected = ImageFolderDataModule(root=str(folder_root), num_workers=0).describe()

@@ -20,6 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from tests.helpers import FAST, compose_cfg, run_cli
+from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
+from tlresearch.checkpoints.storage import read_checkpoint
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.sampler import (
     ResumableDataLoader,
     ResumableRandomSampler,
@@ -28,11 +31,8 @@ from tlresearch.data.sampler import (
     SeededIndex,
     shuffled_loader,
 )
-from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
-from tlresearch.core.errors import ConfigError
 from tlresearch.models.classifier import TransferClassifier, load_classifier
 from tlresearch.train import train
-from tlresearch.checkpoints.storage import read_checkpoint
 
 
 class RandomDraws(Dataset):

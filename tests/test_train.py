@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import FAST, compose_cfg, run_cli
+from tests.helpers import FAST, compose_cfg
 from tests.probes import BlockChangeProbe
 from tlresearch.data.generate import generate_folder
 from tlresearch.train import train
@@ -89,8 +89,8 @@ def initial_backbone_state(cfg) -> dict:
     """The backbone state a run of ``cfg`` starts from: seed_everything(seed), then construction."""
     import pytorch_lightning as pl
 
-    from tlresearch.train import build_classifier
     from tlresearch.core.instantiate import instantiate_node
+    from tlresearch.train import build_classifier
 
     pl.seed_everything(cfg.seed, workers=True)
     dm = instantiate_node(cfg.data, "data")

@@ -19,20 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from tlresearch.runner.callbacks import ThroughputMonitor
+from tlresearch.checkpoints.resume import check_resume_checkpoint
+from tlresearch.checkpoints.storage import AtomicCheckpointIO
+from tlresearch.core.config import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
 from tlresearch.core.errors import ConfigError
-from tlresearch.runner.loggers import continue_logs
+from tlresearch.core.files import write_json_atomic
+from tlresearch.core.instantiate import instantiate_group, instantiate_node
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.run import run_protocol
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.wandb_report import report_and_finish
-from tlresearch.checkpoints.resume import check_resume_checkpoint
-from tlresearch.checkpoints.storage import AtomicCheckpointIO
-from tlresearch.core.config import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
+from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.core.instantiate import instantiate_group, instantiate_node
-from tlresearch.core.files import write_json_atomic
+from tlresearch.runner.loggers import continue_logs
 
 log = logging.getLogger("tlresearch.train")
 

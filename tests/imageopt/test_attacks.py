@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tlresearch.core.config import from_node
 from tlresearch.imageopt.attacks import AttackSettings, project, random_start, run_attack
 from tlresearch.imageopt.images import quantize_8bit
 from tlresearch.imageopt.jobs import job_generator
 from tlresearch.imageopt.metrics import attack_records, summarize_attack
-from tlresearch.core.config import from_node
 
 TOL = 1e-6  # float32 rounding of source + delta
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from tlresearch.core.config import from_node
 from tlresearch.imageopt.ideal import IdealSettings, optimize_ideal
 from tlresearch.imageopt.jobs import job_generator
 from tlresearch.imageopt.regularizers import total_variation
-from tlresearch.core.config import from_node
 
 from .conftest import SIZE
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tlresearch.core.config import from_node, parse_amount
 from tlresearch.core.errors import ConfigError
 from tlresearch.imageopt.ideal import IdealSettings
 from tlresearch.imageopt.jobs import (
@@ -20,7 +21,6 @@ from tlresearch.imageopt.network import resolve_class, resolve_classes
 from tlresearch.imageopt.objectives import class_loss, diversity_penalty, success_margin
 from tlresearch.imageopt.param import FourierImage, ParamSettings, PixelImage, decorrelate_colors, make_param
 from tlresearch.imageopt.regularizers import Regularizers, blur_penalty, gaussian_blur, total_variation
-from tlresearch.core.config import from_node, parse_amount
 from tlresearch.imageopt.transforms import RobustnessTransforms
 
 

@@ -14,14 +14,14 @@ from PIL import Image
 from torch import nn
 
 from tests.helpers import FAST, compose_cfg, run_cli
-from tlresearch.data.images import ImageListDataset, Sample
+from tlresearch.core.instantiate import instantiate_node
 from tlresearch.data.gpu_decode import device_decoded_batches
+from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
 from tlresearch.protocols.cached_data import CachedFeatureDataModule
 from tlresearch.protocols.epoch_loop import cache_decision
 from tlresearch.protocols.features import FeatureCache, FeatureSpec, extract_features, feature_key, load_or_extract, module_digest
 from tlresearch.train import build_classifier, train
-from tlresearch.core.instantiate import instantiate_node
 
 PROBE = [*FAST, "finetune=linear_probe", "data.augment.enabled=false", "data.val_per_class=2"]
 

@@ -31,10 +31,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint
 
-from tlresearch.data.sampler import resumable_sampler_of
+from tlresearch.checkpoints.storage import read_checkpoint
 from tlresearch.core.config import check_int
 from tlresearch.core.errors import ConfigError
-from tlresearch.checkpoints.storage import read_checkpoint
+from tlresearch.data.sampler import resumable_sampler_of
 
 log = logging.getLogger(__name__)
 

@@ -157,7 +157,7 @@ class _FrozenStateFile:
     versions: dict[str, int | None]
 
     @classmethod
-    def write(cls, folder: Path, tensors: dict[str, torch.Tensor]) -> "_FrozenStateFile":
+    def write(cls, folder: Path, tensors: dict[str, torch.Tensor]) -> _FrozenStateFile:
         file_id = uuid.uuid4().hex
         path = folder / f"frozen-{file_id[:12]}.pt"
         atomic_write(path, lambda tmp: torch.save({"id": file_id, "state_dict": tensors}, tmp))
@@ -215,7 +215,7 @@ def _load_checkpoint_file(file: Path, what: str, *, map_location: Any, mmap: boo
             f"could run code ({unsafe}). Use a checkpoint written by tlresearch.train (or one from a source you trust, "
             "converted to a plain state_dict)."
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+    except Exception as exc:
         raise _unreadable(what, exc) from exc
     if not isinstance(ckpt, dict):
         raise ConfigError(f"{what} is not a Lightning checkpoint (it holds a {type(ckpt).__name__}).")

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
+from tlresearch.core.config import check_choice, parse_amount, require
 from tlresearch.imageopt.network import FrozenClassifier
 from tlresearch.imageopt.objectives import attack_loss, success_margin
 from tlresearch.imageopt.optim import OptimizerSettings, make_optimizer
 from tlresearch.imageopt.param import PixelImage
 from tlresearch.imageopt.regularizers import Regularizers
-from tlresearch.core.config import parse_amount, require, check_choice
 
 METHODS = ("pgd", "fgsm", "lesson")
 NORMS = ("linf", "l2")

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tlresearch.core.config import check_choice, require
 from tlresearch.imageopt.network import FrozenClassifier
 from tlresearch.imageopt.objectives import OBJECTIVES, class_loss, diversity_penalty
 from tlresearch.imageopt.optim import OptimizerSettings, make_optimizer
 from tlresearch.imageopt.param import ParamSettings, make_param
 from tlresearch.imageopt.regularizers import Regularizers
-from tlresearch.core.config import require, check_choice
 from tlresearch.imageopt.transforms import RobustnessTransforms
 
 GREY = 0.5  # anchor of the L1/L2 priors: they pull ideal images toward mid-grey

@@ -19,13 +19,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
+from tlresearch.core.files import atomic_write
 from tlresearch.imageopt.attacks import AttackSettings, run_attack
 from tlresearch.imageopt.ideal import IdealSettings, optimize_ideal
 from tlresearch.imageopt.images import to_float
 from tlresearch.imageopt.jobs import UNKNOWN_LABEL, dedupe_results, job_generator
 from tlresearch.imageopt.metrics import attack_records, ideal_records
 from tlresearch.imageopt.network import FrozenClassifier
-from tlresearch.core.files import atomic_write
 
 
 class ImageOptModule(pl.LightningModule):

@@ -57,7 +57,7 @@ class FrozenClassifier(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenClassifier":
+    def train(self, mode: bool = True) -> FrozenClassifier:
         """Stay in eval mode whatever the caller asks: BatchNorm statistics and dropout of the
         network under study must never change while images are optimised against it."""
         return super().train(False)

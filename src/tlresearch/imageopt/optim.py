@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tlresearch.core.config import require, check_choice
+from tlresearch.core.config import check_choice, require
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tlresearch.core.config import require, check_choice
+from tlresearch.core.config import check_choice, require
 
 PARAMETERIZATIONS = ("pixel", "fft")
 INITS = ("normal", "uniform")

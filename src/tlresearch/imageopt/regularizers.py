@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tlresearch.core.config import require, check_choice
+from tlresearch.core.config import check_choice, require
 
 REDUCTIONS = ("sum", "mean")
 

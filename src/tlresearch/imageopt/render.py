@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from tlresearch.imageopt.images import to_uint8
 from tlresearch.core.files import atomic_write
+from tlresearch.imageopt.images import to_uint8
 
 GRID_CELL_INCHES = 2.2
 WANDB_MAX_IMAGES = 32  # W&B gets the grid and the first 32 PNGs: the page stays quick to load

@@ -19,13 +19,13 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
+from tlresearch.core.config import check_argument_types
 from tlresearch.core.errors import ConfigError
+from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
-from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
-from tlresearch.core.config import check_argument_types
-from tlresearch.core.instantiate import instantiate_node
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class TransferClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         no_weight_decay_1d: bool = True,
         channels_last: bool | str = "auto",
-        compile: bool = False,
+        compile: bool = False,  # noqa: A002 - the config key is model.compile
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -152,7 +152,7 @@ class TransferClassifier(pl.LightningModule):
         """True while no backbone parameter trains (then features need no autograd graph)."""
         return not any(p.requires_grad for p in self.backbone.model.parameters())
 
-    def train(self, mode: bool = True) -> "TransferClassifier":
+    def train(self, mode: bool = True) -> TransferClassifier:
         """Like ``nn.Module.train``, but frozen backbone blocks always stay in eval mode:
         BatchNorm running statistics never drift and dropout is off in a frozen block."""
         super().train(mode)

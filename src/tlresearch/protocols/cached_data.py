@@ -25,7 +25,15 @@ from tlresearch.data.datamodule import ImageClassificationDataModule, SplitLoade
 from tlresearch.data.sampler import SeededIndex, shuffled_loader
 from tlresearch.data.transforms import eval_transform, train_transform
 from tlresearch.protocols.context import RunContext
-from tlresearch.protocols.features import FeatureCache, FeatureSet, FeatureSpec, extract_features, feature_key, load_or_extract, module_digest
+from tlresearch.protocols.features import (
+    FeatureCache,
+    FeatureSet,
+    FeatureSpec,
+    extract_features,
+    feature_key,
+    load_or_extract,
+    module_digest,
+)
 
 log = logging.getLogger(__name__)
 

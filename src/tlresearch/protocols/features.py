@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import atomic_write, write_json_atomic
-from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.gpu_decode import device_decoded_batches
+from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.sampler import mix_seed, seeded_rng
 from tlresearch.data.transforms import Preprocessing
 from tlresearch.models.performance import autocast_for, channels_last_wanted, to_channels_last
@@ -134,7 +134,7 @@ class FeatureSet:
     def num_views(self) -> int:
         return int(self.features.shape[0])
 
-    def to(self, device: torch.device | str) -> "FeatureSet":
+    def to(self, device: torch.device | str) -> FeatureSet:
         return FeatureSet(self.features.to(device), self.labels.to(device))
 
 

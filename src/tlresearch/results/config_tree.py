@@ -25,11 +25,11 @@ def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """
     try:
         conf = OmegaConf.create(dict(raw))
-    except Exception:  # not valid as an OmegaConf config (odd keys): use the YAML as it is
+    except Exception:  # noqa: BLE001 - not valid as an OmegaConf config (odd keys): use the YAML as it is
         return dict(raw)
     try:
         return OmegaConf.to_container(conf, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
-    except Exception:
+    except Exception:  # noqa: BLE001 - some interpolation cannot resolve here: resolve what can, leaf by leaf
         return _resolve_leafwise(conf)
 
 
@@ -44,8 +44,8 @@ def _resolve_leafwise(node: Any) -> Any:
     for key in keys:
         try:
             value = node[key]
-        except Exception:  # an interpolation that cannot resolve here: keep "${...}"
-            value = node._get_node(key)._value()  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - an interpolation that cannot resolve here: keep "${...}"
+            value = node._get_node(key)._value()
         out[key] = _resolve_leafwise(value)
     return out
 

@@ -237,7 +237,7 @@ def _load_yaml(path: Path) -> Any:
         return None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path) as fh:
-        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(fh, Loader=loader)
 
 
 # ----------------------------------------------------------------------------- sweep grids
@@ -260,7 +260,7 @@ def expected_missing_runs(sweep_dir: Path, members: list[Run]) -> list[Run]:
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     try:
         combos = expand_grid(params + task)
-    except Exception as exc:  # a syntax we cannot expand: say so rather than guess
+    except Exception as exc:  # noqa: BLE001 - a syntax we cannot expand: say so rather than guess
         warnings.warn(f"{sweep_dir / MULTIRUN_FILE}: cannot expand the sweep grid ({exc}); "
                       "missing jobs of this sweep will not be reported.", stacklevel=2)
         return []

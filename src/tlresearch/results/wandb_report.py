@@ -132,7 +132,7 @@ def report_and_finish(loggers: Iterable[Any], metrics: Mapping[str, Any], model:
         exit_code = 0 if metrics.get("status", "completed") == "completed" else 1
         try:
             log_report(run, logger, metrics, model, datamodule)
-        except Exception:  # noqa: BLE001 - see the docstring
+        except Exception:
             log.exception("W&B: the end-of-run report failed; metrics.json and the run directory are complete")
             exit_code = 1
         finally:

@@ -18,9 +18,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tlresearch.core.errors import ConfigError
+from tlresearch.core.files import write_json_atomic
 from tlresearch.results.wandb_report import finish_open_wandb_run
 from tlresearch.runner.distributed import distributed_job, is_multirun
-from tlresearch.core.files import write_json_atomic
 
 log = logging.getLogger("tlresearch")
 
@@ -69,7 +69,7 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         else:
             _record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _record_failure(out_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         if is_multirun():
             log.exception("job failed; the sweep continues")
