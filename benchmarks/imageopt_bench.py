@@ -33,7 +33,7 @@ import torch
 from benchmarks._common import WORKSPACE, interleave, median, report, set_threads
 from tests.imageopt.stripes import stripe_images, train_stripe_classifier
 from tlresearch.core.config import from_node
-from tlresearch.imageopt.attacks import AttackSettings, projected_attack
+from tlresearch.imageopt.attacks import AttackProblem, AttackSettings, projected_attack
 from tlresearch.imageopt.ideal import IdealSettings
 from tlresearch.imageopt.images import quantize_8bit
 from tlresearch.imageopt.jobs import JobDataset, build_ideal_jobs, job_generator, job_loader
@@ -103,7 +103,7 @@ def ours_side(network, images, labels, eps, alpha, steps, early_stop: bool) -> t
     settings = from_node(AttackSettings, {"method": "pgd", "eps": eps, "step_size": alpha, "steps": steps,
                                           "early_stop": early_stop}, "adversarial")
     start = time.perf_counter()
-    result = projected_attack(network, images, labels, torch.full_like(labels, -1), settings, job_generator(0, 0, "cpu"))
+    result = projected_attack(AttackProblem(network, images, labels, torch.full_like(labels, -1)), settings, job_generator(0, 0, "cpu"))
     seconds = time.perf_counter() - start
     return seconds, success_rate(network, result.images, labels)
 

@@ -21,13 +21,14 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from tlresearch.checkpoints.resume import check_resume_checkpoint
 from tlresearch.checkpoints.storage import AtomicCheckpointIO
-from tlresearch.core.config import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings
+from tlresearch.core.config import check_bool, check_known_keys, check_monitors, check_seed, check_trainer_settings, plain
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
 from tlresearch.core.instantiate import instantiate_group, instantiate_node
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.run import run_protocol
+from tlresearch.results import plots
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.wandb_report import report_and_finish
 from tlresearch.runner.callbacks import ThroughputMonitor
@@ -128,10 +129,6 @@ def make_checkpoints_self_contained(trainer: pl.Trainer) -> None:
 
 def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) -> TransferClassifier:
     """The TransferClassifier of a training config (everything from plain config dicts)."""
-
-    def plain(node) -> Any:
-        return OmegaConf.to_container(node, resolve=True) if node is not None else None
-
     fixed = ("backbone", "num_classes", "class_names", "finetune", "optimizer", "scheduler")
     check_known_keys("model", (cfg.get("model") or {}).keys(), TransferClassifier.__init__, exclude=fixed)
     return TransferClassifier(
@@ -208,8 +205,6 @@ def test_best(trainer: pl.Trainer, model: TransferClassifier, datamodule, callba
 def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], model: TransferClassifier, datamodule) -> None:
     """metrics.json, the confusion matrix and the plots; then say where they are."""
     write_json_atomic(out_dir / "metrics.json", metrics)
-    from tlresearch.results import plots
-
     csv = out_dir / "csv" / "metrics.csv"
     if csv.is_file():
         plots.plot_training_curves(csv, out_dir / "training_curves.png")

@@ -171,15 +171,20 @@ def random_start(sources: torch.Tensor, eps: float, norm: str, generator: torch.
 # ----------------------------------------------------------------------------- methods
 
 
-def projected_attack(
-    network: FrozenClassifier,
-    sources: torch.Tensor,
-    labels: torch.Tensor,
-    targets: torch.Tensor,
-    settings: AttackSettings,
-    generator: torch.Generator,
-) -> AttackResult:
+@dataclass(frozen=True)
+class AttackProblem:
+    """What an attack works on: the frozen network, the source images (``[N, 3, H, W]`` in
+    [0, 1]), their true classes and the target classes (``-1``: untargeted)."""
+
+    network: FrozenClassifier
+    sources: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+
+
+def projected_attack(problem: AttackProblem, settings: AttackSettings, generator: torch.Generator) -> AttackResult:
     """FGSM or PGD (L∞ or L2) with random start, restarts, per-image early stop, best iterate."""
+    network, sources, labels, targets = problem.network, problem.sources, problem.labels, problem.targets
     tracker = BestIterate(sources, labels, targets)
     eps, alpha, steps = float(settings.eps), settings.alpha, settings.iterations
     everyone = torch.arange(len(sources), device=sources.device)
@@ -206,17 +211,11 @@ def projected_attack(
     return tracker.result()
 
 
-def lesson_attack(
-    network: FrozenClassifier,
-    sources: torch.Tensor,
-    labels: torch.Tensor,
-    targets: torch.Tensor,
-    settings: AttackSettings,
-    generator: torch.Generator,
-) -> AttackResult:
+def lesson_attack(problem: AttackProblem, settings: AttackSettings, generator: torch.Generator) -> AttackResult:
     """The AI-for-Beginners recipe: an optimiser on the pixels, ``w·CE(target) + priors``,
     clamped to [0, 1] and otherwise unconstrained."""
     del generator  # deterministic: starts from the source image
+    network, sources, labels, targets = problem.network, problem.sources, problem.labels, problem.targets
     param = PixelImage(sources)
     optimizer = make_optimizer(settings.optimizer, param.parameters())
     tracker = BestIterate(sources, labels, targets)
@@ -253,4 +252,4 @@ def run_attack(
     ``labels`` are the true classes; ``targets`` the target classes, ``-1`` for untargeted.
     """
     attack = lesson_attack if settings.method == "lesson" else projected_attack
-    return attack(network, sources, labels, targets, settings, generator)
+    return attack(AttackProblem(network, sources, labels, targets), settings, generator)

@@ -34,6 +34,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from pytorch_lightning.strategies.launchers import subprocess_script
+
 #: Environment variables Lightning's launcher sets in the parent process for its children.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -41,11 +46,8 @@ LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SI
 def is_multirun() -> bool:
     """True inside a Hydra multirun job (a failure must not stop the sweep)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a half-set-up Hydra config is no multirun
         return False
 
 
@@ -95,8 +97,6 @@ def job_relaunch_command(entry_module: str, local_rank: int) -> tuple[list[str],
     values of this grid point or trial, never the comma lists), points ``hydra.run.dir`` at the
     job's output directory, names its log after the rank, and writes no second ``.hydra/``.
     """
-    from hydra.core.hydra_config import HydraConfig
-
     hydra_cfg = HydraConfig.get()
     command = [sys.executable, "-m", entry_module, *config_source_args(hydra_cfg), *hydra_cfg.overrides.task]
     command += [
@@ -131,8 +131,6 @@ def hydra_quote(value: str) -> str:
 
 def _patch_relaunch_command(entry_module: str) -> tuple[Any, Any]:
     """Make Lightning's launcher start children with :func:`job_relaunch_command`; returns what to restore."""
-    from pytorch_lightning.strategies.launchers import subprocess_script
-
     original = subprocess_script._hydra_subprocess_cmd
 
     def relaunch(local_rank: int) -> tuple[Sequence[str], str]:
@@ -143,8 +141,6 @@ def _patch_relaunch_command(entry_module: str) -> tuple[Any, Any]:
 
 
 def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

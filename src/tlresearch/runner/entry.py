@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
@@ -84,8 +86,6 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
 def _is_interruption(exc: SystemExit) -> bool:
     """Whether a SystemExit ends a run stopped from outside: Lightning's exit after Ctrl-C (its
     context is the KeyboardInterrupt) or its SIGTERMException."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
     return isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt)
 
 
@@ -96,8 +96,6 @@ def _record_failure(out_dir: Path | None, error: str, trace: str | None = None, 
     if trace:
         record["traceback"] = trace
     try:
-        from pytorch_lightning.utilities import rank_zero_only
-
         if rank_zero_only.rank == 0:
             write_json_atomic(out_dir / "metrics.json", record)
     except OSError:  # e.g. a read-only or full disk: the message above still reaches the user
