@@ -49,7 +49,8 @@ def compose(overrides: list[str], run_name: str) -> Any:
     """The train config ``python -m tlresearch.train <overrides>`` would run, in the workspace."""
     from tests.helpers import compose_cfg
 
-    return compose_cfg("train", [*overrides, "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"], WORKSPACE / "runs" / run_name)
+    return compose_cfg("train", [*overrides, "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"],
+                       WORKSPACE / "runs" / run_name)
 
 
 def quiet_train(cfg: Any) -> tuple[dict, dict]:

@@ -55,7 +55,8 @@ def main() -> None:
     args = parser.parse_args()
 
     root = WORKSPACE / "photos"
-    generate_folder(root, classes=4, images_per_class=args.images_per_class, layout="split", splits=("train",), min_size=300, max_size=500, seed=0)
+    generate_folder(root, classes=4, images_per_class=args.images_per_class, layout="split", splits=("train",),
+                    min_size=300, max_size=500, seed=0)
     workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
     pin = resolve_pin_memory("auto")
     pre, aug = Preprocessing(), Augmentation()  # ResNet-50's 224 px preprocessing, default augmentation
@@ -80,7 +81,8 @@ def main() -> None:
     )
     ours_r, plain_r, held_r = (median(rates[k]) for k in ("datamodule", "plain", "in_memory"))
     rows = [
-        ("setup", f"{len(plain.dataset)} JPEGs 300-500 px, RandomResizedCrop 224 + flip, batch {args.batch_size}, workers {workers}, pin_memory {pin}, torch threads {torch.get_num_threads()}"),
+        ("setup", f"{len(plain.dataset)} JPEGs 300-500 px, RandomResizedCrop 224 + flip, batch {args.batch_size}, workers {workers}, "
+                  f"pin_memory {pin}, torch threads {torch.get_num_threads()}"),
         ("DataModule train loader", f"{ours_r:.0f} img/s  all: {', '.join(f'{r:.0f}' for r in rates['datamodule'])}"),
         ("ImageFolder + DataLoader", f"{plain_r:.0f} img/s  all: {', '.join(f'{r:.0f}' for r in rates['plain'])}"),
         ("DataModule, data.in_memory=true", f"{held_r:.0f} img/s  all: {', '.join(f'{r:.0f}' for r in rates['in_memory'])}"),

@@ -89,17 +89,21 @@ def main() -> None:
     rows = [
         ("setup", f"resnet18 @64 px, full fine-tuning, SGD, batch {args.batch_size}, {n_train} training images "
                   f"({per_epoch} steps/epoch), workers 0, {args.rounds} rounds, torch threads {torch.get_num_threads()}"),
-        ("tlresearch step, data included (median)", f"{tl * 1e3:.1f} ms  ({len(steps['tlresearch'])} steps; epoch ~{tl * per_epoch:.2f} s)"),
-        ("plain PyTorch step, data included (median)", f"{plain * 1e3:.1f} ms  ({len(steps['plain'])} steps; epoch ~{plain * per_epoch:.2f} s)"),
+        ("tlresearch step, data included (median)",
+         f"{tl * 1e3:.1f} ms  ({len(steps['tlresearch'])} steps; epoch ~{tl * per_epoch:.2f} s)"),
+        ("plain PyTorch step, data included (median)",
+         f"{plain * 1e3:.1f} ms  ({len(steps['plain'])} steps; epoch ~{plain * per_epoch:.2f} s)"),
     ]
     # Secondary: whole training epochs (sums of the steps, epoch-boundary costs included), noisier.
     epochs = {side: [sum(values[i:i + per_epoch]) for i in range(0, len(values), per_epoch)] for side, values in steps.items()}
-    rows.append(("training epoch, tlresearch vs plain (medians)", f"{median(epochs['tlresearch']):.2f} s vs {median(epochs['plain']):.2f} s"))
+    rows.append(("training epoch, tlresearch vs plain (medians)",
+                 f"{median(epochs['tlresearch']):.2f} s vs {median(epochs['plain']):.2f} s"))
     report(
         "Framework overhead: training epoch, tlresearch vs plain PyTorch",
         rows,
         [
-            ("tlresearch / plain training-epoch time (median of epochs)", median(epochs["tlresearch"]) / median(epochs["plain"]), "noisier; for information"),
+            ("tlresearch / plain training-epoch time (median of epochs)", median(epochs["tlresearch"]) / median(epochs["plain"]),
+             "noisier; for information"),
             ("tlresearch / plain time per training step (median of steps)", tl / plain, "target <= 1.05"),
         ],
     )

@@ -152,7 +152,8 @@ def extraction_rates(args: argparse.Namespace, device: torch.device) -> dict[str
     from tlresearch.protocols.features import FeatureSpec, extract_features
 
     root = WORKSPACE / "jpegs"
-    generate_folder(root, classes=4, images_per_class=args.jpegs // 4, layout="split", splits=("train",), min_size=300, max_size=500, seed=0)
+    generate_folder(root, classes=4, images_per_class=args.jpegs // 4, layout="split", splits=("train",),
+                    min_size=300, max_size=500, seed=0)
     dm = ImageFolderDataModule(root, cache_dir=WORKSPACE / "manifests", val_fraction=0.0, test_fraction=0.0, num_workers=0)
     samples = dm.dataset("train").samples
     backbone = network(args, device, channels_last=False)[0]
@@ -161,10 +162,12 @@ def extraction_rates(args: argparse.Namespace, device: torch.device) -> dict[str
     rates = {}
     for name, on_device in (("PIL in workers", False), ("decode_jpeg on the device", True)):
         spec = FeatureSpec(eval_transform(pre), precision="bf16-mixed", decode_on_device=on_device, preprocessing=pre)
-        extract_features(backbone, samples[: args.batch_size], spec, device=device, batch_size=args.batch_size, num_workers=workers)  # warm-up
+        extract_features(backbone, samples[: args.batch_size], spec, device=device, batch_size=args.batch_size,
+                         num_workers=workers)  # warm-up
         synchronize(device)
         start = time.perf_counter()
-        extract_features(backbone, samples, spec, device=device, batch_size=args.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        extract_features(backbone, samples, spec, device=device, batch_size=args.batch_size, num_workers=workers,
+                         pin_memory=device.type == "cuda")
         synchronize(device)
         rates[f"extract_features, {name} ({workers} workers)"] = len(samples) / (time.perf_counter() - start)
     return rates
@@ -179,13 +182,15 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--jpegs", type=int, default=1024, help="generated JPEGs for the extraction rows")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
-    parser.add_argument("--smoke", action="store_true", help="run every code path on the CPU at toy sizes (checks the script; numbers mean nothing)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every code path on the CPU at toy sizes (checks the script; numbers mean nothing)")
     args = parser.parse_args()
     if args.smoke:
         args.batch_size, args.steps, args.warmup, args.size, args.model, args.jpegs = 4, 2, 1, 64, "resnet18", 16
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False). Run it on a GPU machine, or with --smoke to check the script on a CPU.")
+        sys.exit("benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False). "
+                 "Run it on a GPU machine, or with --smoke to check the script on a CPU.")
     else:
         device = torch.device("cuda")
         torch.backends.cudnn.benchmark = True
@@ -209,7 +214,8 @@ def main() -> None:
     print(f"  {'feature extraction (img/s)':<58}")
     for key, value in extraction.items():
         print(f"  {key:<58} {value:>9.0f}")
-    print(f"  total time {time.perf_counter() - started:.0f} s; anchors: ~2,470 img/s RN50 AMP training on an A100 (NVIDIA); channels_last +47% under AMP (timm)")
+    print(f"  total time {time.perf_counter() - started:.0f} s; "
+          "anchors: ~2,470 img/s RN50 AMP training on an A100 (NVIDIA); channels_last +47% under AMP (timm)")
     print("ratios:")
     for key, value in rows.items():
         if key != "fp32":

@@ -152,10 +152,12 @@ def main() -> None:
     success_of = {k: median([r for _, r in v]) for k, v in pgd.items()}
 
     rows = [
-        ("ideal setup", f"timm test_resnet @{IDEAL_SIZE} px, {JOBS} jobs x {IMAGES_PER_JOB} images x {args.steps} steps, Adam, {args.rounds} rounds"),
+        ("ideal setup",
+         f"timm test_resnet @{IDEAL_SIZE} px, {JOBS} jobs x {IMAGES_PER_JOB} images x {args.steps} steps, Adam, {args.rounds} rounds"),
         ("module image-steps/s (median)", f"{module_rate:.1f}  all: {', '.join(f'{r:.1f}' for r in rates['module'])}"),
         ("plain image-steps/s (median)", f"{plain_rate:.1f}  all: {', '.join(f'{r:.1f}' for r in rates['plain'])}"),
-        ("PGD setup", f"stripes classifier (test_resnet @32 px), {len(labels)} correctly classified images, L∞ 8/255, step 2/255, {args.pgd_steps} steps, random start"),
+        ("PGD setup", f"stripes classifier (test_resnet @32 px), {len(labels)} correctly classified images, "
+                      f"L∞ 8/255, step 2/255, {args.pgd_steps} steps, random start"),
         *((f"PGD {k}", f"{time_of[k]:.3f} s, success {success_of[k]:.3f}") for k in pgd),
     ]
     ratios = [
@@ -163,7 +165,8 @@ def main() -> None:
         ("ours / torchattacks PGD time (no early stop)", time_of["ours"] / time_of["torchattacks"], "target <= 1.05"),
         ("ours / torchattacks PGD time (early stop)", time_of["ours_early"] / time_of["torchattacks"], "target < 1"),
         ("ours / torchattacks PGD success rate", success_of["ours"] / max(success_of["torchattacks"], 1e-9), "target ~ 1.00"),
-        ("ours (early stop) / torchattacks PGD success rate", success_of["ours_early"] / max(success_of["torchattacks"], 1e-9), "target ~ 1.00"),
+        ("ours (early stop) / torchattacks PGD success rate", success_of["ours_early"] / max(success_of["torchattacks"], 1e-9),
+         "target ~ 1.00"),
     ]
     report("Image optimisation: module vs plain loop; PGD vs torchattacks", rows, ratios)
 

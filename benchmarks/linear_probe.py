@@ -58,7 +58,8 @@ def pets_sized_path_seconds() -> tuple[float, int]:
     train, val = split(2940), split(740)
     probe = LogisticProbe()
     start = time.perf_counter()
-    path = regularization_path(train, val, classes, probe.l2_path(), max_iter=probe.max_iter, tolerance=probe.tolerance, history_size=probe.history_size)
+    path = regularization_path(train, val, classes, probe.l2_path(), max_iter=probe.max_iter, tolerance=probe.tolerance,
+                               history_size=probe.history_size)
     return time.perf_counter() - start, sum(int(p["iterations"]) for p in path.points)
 
 
@@ -78,7 +79,8 @@ def main() -> None:
     cache_dir = WORKSPACE / "feature-cache"
     cached_e2e, cached_epochs, cached_m = timed_run([*common, "finetune.cache_features=true", f"paths.cache_dir={cache_dir}"], "cached")
     plain_e2e, plain_epochs, plain_m = timed_run([*common, "finetune.cache_features=false"], "uncached")
-    warm_e2e, _, _ = timed_run([*common, "finetune.cache_features=true", f"paths.cache_dir={cache_dir}", "optimizer.lr=0.02"], "cached-warm")
+    warm_e2e, _, _ = timed_run([*common, "finetune.cache_features=true", f"paths.cache_dir={cache_dir}", "optimizer.lr=0.02"],
+                               "cached-warm")
 
     logistic_cfg = [*common, "finetune=logistic", f"paths.cache_dir={cache_dir}"]
     logistic_e2e, _, logistic_m = timed_run(logistic_cfg, "logistic")
@@ -86,20 +88,25 @@ def main() -> None:
 
     per_epoch_plain, per_epoch_cached = median(plain_epochs[1:]), median(cached_epochs[1:])
     rows = [
-        ("setup", f"resnet18 @{args.input_size} px frozen, {generate.counts} images, batch {args.batch_size}, {args.epochs} epochs, torch threads {torch.get_num_threads()}"),
+        ("setup", f"resnet18 @{args.input_size} px frozen, {generate.counts} images, batch {args.batch_size}, {args.epochs} epochs, "
+                  f"torch threads {torch.get_num_threads()}"),
         ("uncached: epoch 2+ (median)", f"{per_epoch_plain:.3f} s"),
         ("cached:   epoch 2+ (median)", f"{per_epoch_cached:.4f} s"),
         ("uncached: whole run", f"{plain_e2e:.1f} s  (test/acc {plain_m['test/acc']:.3f})"),
         ("cached:   whole run, empty cache", f"{cached_e2e:.1f} s  (test/acc {cached_m['test/acc']:.3f}; includes extraction)"),
         ("cached:   whole run, warm cache (a later sweep job)", f"{warm_e2e:.1f} s"),
-        ("logistic: 45-value L-BFGS path + refit, warm cache", f"solve {logistic_m['time/solve_s']:.1f} s, whole run {logistic_e2e:.1f} s, l2={logistic_m['logistic/l2']:.3g}, test/acc {logistic_m['test/acc']:.3f}"),
-        ("logistic: 45-value path, Pets-sized features (2940+740 x 2048, 37 classes)", f"{pets_s:.1f} s ({pets_iters} L-BFGS iterations, CPU)"),
+        ("logistic: 45-value L-BFGS path + refit, warm cache",
+         f"solve {logistic_m['time/solve_s']:.1f} s, whole run {logistic_e2e:.1f} s, "
+         f"l2={logistic_m['logistic/l2']:.3g}, test/acc {logistic_m['test/acc']:.3f}"),
+        ("logistic: 45-value path, Pets-sized features (2940+740 x 2048, 37 classes)",
+         f"{pets_s:.1f} s ({pets_iters} L-BFGS iterations, CPU)"),
     ]
     report(
         "Linear probe: cached vs uncached features",
         rows,
         [
-            ("uncached / cached time/fit_s (fit only, extraction included)", plain_m["time/fit_s"] / cached_m["time/fit_s"], "for information"),
+            ("uncached / cached time/fit_s (fit only, extraction included)", plain_m["time/fit_s"] / cached_m["time/fit_s"],
+             "for information"),
             ("uncached / cached time per epoch (epochs 2+)", per_epoch_plain / per_epoch_cached, "target >= 20"),
             (f"uncached / cached time, {args.epochs}-epoch run end to end", plain_e2e / cached_e2e, "target >= 10"),
         ],

@@ -170,7 +170,9 @@ def test_lower_layers_never_import_higher_ones():
             if layer(there) > layer(here):
                 wrong.append(f"{module} imports {imported} (a higher layer)")
             elif layer(here) == layer(there) == 1 and there not in FEATURES[here]:
-                wrong.append(f"{module} imports {imported}: tlresearch.{here} may import only {sorted(FEATURES[here]) or 'no other feature package'}")
+                wrong.append(
+                    f"{module} imports {imported}: tlresearch.{here} may import only {sorted(FEATURES[here]) or 'no other feature package'}"
+                )
     assert wrong == []
 
 

@@ -93,7 +93,8 @@ CASES = [
     ("ckpt-missing", ["ckpt_path={missing}/last.ckpt"], CONFIG, ["ckpt_path", "does not exist"]),
     ("ckpt-truncated", ["ckpt_path={ckpt:truncated}"], CONFIG, ["ckpt_path", "truncated"]),
     ("ckpt-weights-only", ["ckpt_path={ckpt:weights_only}"], CONFIG, ["ckpt_path", "cannot be resumed"]),
-    ("ckpt-num-classes-mismatch", ["ckpt_path={ckpt:two_classes}"], CONFIG, ["ckpt_path", "num_classes (from data): 2 in the checkpoint, 3 now"]),
+    ("ckpt-num-classes-mismatch", ["ckpt_path={ckpt:two_classes}"], CONFIG,
+     ["ckpt_path", "num_classes (from data): 2 in the checkpoint, 3 now"]),
     ("accelerator-unknown", ["trainer.accelerator=tpu"], CONFIG, ["trainer"]),
     ("precision-unknown", ["trainer.precision=banana"], CONFIG, ["trainer", "banana"]),
     ("devices-zero", ["trainer.devices=0"], CONFIG, ["trainer", "devices"]),
@@ -103,8 +104,10 @@ CASES = [
     ("gradient-clip-text", ["trainer.gradient_clip_val=abc"], CONFIG, ["gradient_clip_val"]),
     ("deterministic-text", ["trainer.deterministic=maybe"], CONFIG, ["trainer.deterministic='maybe'"]),
     ("unknown-trainer-argument", ["+trainer.foo=1"], CONFIG, ["trainer", "foo"]),
-    ("monitor-unknown-metric", ["callbacks.model_checkpoint.monitor=val/nonexistent"], CONFIG, ["callbacks.model_checkpoint.monitor='val/nonexistent'", "val/mean_class_acc"]),
-    ("checkpoint-interval-zero", ["callbacks.last_checkpoint.every_n_train_steps=0"], CONFIG, ["callbacks.last_checkpoint.every_n_train_steps=0"]),
+    ("monitor-unknown-metric", ["callbacks.model_checkpoint.monitor=val/nonexistent"], CONFIG,
+     ["callbacks.model_checkpoint.monitor='val/nonexistent'", "val/mean_class_acc"]),
+    ("checkpoint-interval-zero", ["callbacks.last_checkpoint.every_n_train_steps=0"], CONFIG,
+     ["callbacks.last_checkpoint.every_n_train_steps=0"]),
     ("test-after-fit-text", ["test_after_fit=maybe"], CONFIG, ["test_after_fit='maybe'"]),
 ]
 

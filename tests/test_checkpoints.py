@@ -70,7 +70,8 @@ def test_a_linear_probe_writes_its_frozen_backbone_once_and_ends_with_complete_c
 def test_full_fine_tuning_writes_complete_checkpoints_throughout(folder_root, tmp_path):
     _, objects, probe = run_with_probe(folder_root, tmp_path, "finetune=full")
     assert all(not f.startswith("frozen-") for files in probe.files.values() for f in files), probe.files
-    assert all(FROZEN_STATE not in stored and set(stored["state_dict"]) == set(objects["model"].state_dict()) for stored in probe.last.values())
+    assert all(FROZEN_STATE not in stored and set(stored["state_dict"]) == set(objects["model"].state_dict())
+               for stored in probe.last.values())
 
 
 @pytest.mark.slow

@@ -238,7 +238,9 @@ def test_a_resumed_csv_log_keeps_the_rows_before_the_resumed_step_and_appends(tm
     resumed.log_metrics({"train/loss": 30.0, "val/acc": 0.5}, step=3)  # a new column widens the header
     resumed.save()
     rows = read_csv_rows(tmp_path)
-    assert [(r["step"], r["train/loss"], r["val/acc"]) for r in rows] == [("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "30.0", "0.5")]
+    assert [(r["step"], r["train/loss"], r["val/acc"]) for r in rows] == [
+        ("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "30.0", "0.5")
+    ]
     fresh = ResumableCSVLogger(tmp_path, name="csv", version="")  # not resumed: a new log, as Lightning's
     fresh.log_metrics({"train/loss": 7.0}, step=0)
     fresh.save()

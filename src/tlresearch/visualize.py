@@ -171,7 +171,9 @@ def source_images(cfg: DictConfig, network: FrozenClassifier, image_size: int) -
         sources = load_source_images(plain(cfg.get("images")), image_size, "images")
         return sources, resolve_labels(plain(cfg.get("labels")), sources, network)
     if plain(cfg.get("images")):
-        raise ConfigError("both images and data are set: take source images from files (images=[...]) or from a dataset (data=<name>), not both.")
+        raise ConfigError(
+            "both images and data are set: take source images from files (images=[...]) or from a dataset (data=<name>), not both."
+        )
     datamodule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
     max_images = cfg.get("max_images")
@@ -180,7 +182,9 @@ def source_images(cfg: DictConfig, network: FrozenClassifier, image_size: int) -
     check_choice("data_split", split, ("train", "val", "test"))
     paths, class_names = dataset_split_sources(datamodule, split, max_images)
     if not paths:
-        raise ConfigError(f"data_split={cfg.get('data_split')!r} of the data config holds no image; pick another split (train | val | test).")
+        raise ConfigError(
+            f"data_split={cfg.get('data_split')!r} of the data config holds no image; pick another split (train | val | test)."
+        )
     return decode_sources(paths, image_size, "data"), labels_from_names(class_names, network.class_names)
 
 

@@ -87,7 +87,8 @@ def test_early_stop_keeps_the_first_successful_iterate(trained_network, trained_
     x, y = trained_classifier["images"][:6], trained_classifier["labels"][:6]
     targets = torch.full_like(y, -1)
     stop = run_attack(trained_network, x, y, targets, attack(eps="16/255", step_size="4/255", steps=10), job_generator(0, 0, "cpu"))
-    go_on = run_attack(trained_network, x, y, targets, attack(eps="16/255", step_size="4/255", steps=10, early_stop=False), job_generator(0, 0, "cpu"))
+    go_on = run_attack(trained_network, x, y, targets, attack(eps="16/255", step_size="4/255", steps=10, early_stop=False),
+                       job_generator(0, 0, "cpu"))
     assert stop.success.all() and go_on.success.all()
     assert torch.equal(stop.steps_to_success, go_on.steps_to_success)  # same trajectory up to success
     # without early stop, later iterates went deeper into the wrong class: larger perturbations

@@ -71,7 +71,8 @@ def test_the_epoch_loop_reports_top5_on_train_val_and_test():
         model.head[1].weight.zero_()
         model.head[1].weight[:, :CLASSES] = torch.eye(CLASSES)
         model.head[1].bias.zero_()
-    loaders = {split: DataLoader(TensorDataset(*crafted(seed)), batch_size=BATCH) for split, seed in (("train", 1), ("val", 2), ("test", 3))}
+    loaders = {split: DataLoader(TensorDataset(*crafted(seed)), batch_size=BATCH)
+               for split, seed in (("train", 1), ("val", 2), ("test", 3))}
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=2)
     trainer.fit(model, loaders["train"], loaders["val"])

@@ -175,7 +175,8 @@ def test_shards_of_several_ranks_merge_into_one_cache_file(tmp_path):
             barrier.wait()
             return shared["value"]
 
-        features, hit = load_or_extract(cache, "k", {}, n, extract, labels, rank=rank, world=world, barrier=barrier.wait, broadcast=broadcast)
+        features, hit = load_or_extract(cache, "k", {}, n, extract, labels, rank=rank, world=world, barrier=barrier.wait,
+                                        broadcast=broadcast)
         results[rank] = features.features
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
@@ -209,7 +210,8 @@ def test_device_decoding_matches_the_pil_pipeline(folder_root, tmp_path):
     Image.open(samples[0].path).save(png)  # not a JPEG: decoded by the PIL fallback
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(Path(samples[1].path).read_bytes()[:200])  # truncated JPEG
-    samples += [Sample(str(png), "x.png", samples[0].label, samples[0].group), Sample(str(broken), "broken.jpg", samples[1].label, samples[1].group)]
+    samples += [Sample(str(png), "x.png", samples[0].label, samples[0].group),
+                Sample(str(broken), "broken.jpg", samples[1].label, samples[1].group)]
     pil = ImageListDataset(samples, eval_transform(SMALL))
     reference = torch.stack([pil[i][0] for i in range(len(samples))])
     decoded = torch.cat(list(device_decoded_batches(samples, range(len(samples)), SMALL, "cpu", batch_size=3, num_workers=1)))
@@ -221,7 +223,8 @@ def test_device_decoding_matches_the_pil_pipeline(folder_root, tmp_path):
 
 
 def test_cached_datamodule_serves_the_image_loaders_batches(folder_root, tmp_path):
-    cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={folder_root}", "data.augment.enabled=false", "data.batch_size=4"], tmp_path)
+    cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={folder_root}", "data.augment.enabled=false", "data.batch_size=4"],
+                      tmp_path)
     images = instantiate_node(cfg.data, "data")
     images.set_preprocessing(SMALL)
     backbone = TinyBackbone().eval()
@@ -240,7 +243,8 @@ def test_cached_datamodule_serves_the_image_loaders_batches(folder_root, tmp_pat
 
 @pytest.mark.slow
 def test_ddp_ranks_extract_shards_that_merge_into_the_single_process_features(folder_root, tmp_path):
-    probe = [*FAST, "data=folder", f"data.root={folder_root}", "finetune=linear_probe", "data.augment.enabled=false", "trainer.max_epochs=1"]
+    probe = [*FAST, "data=folder", f"data.root={folder_root}", "finetune=linear_probe", "data.augment.enabled=false",
+             "trainer.max_epochs=1"]
     ddp = run_cli(
         "tlresearch.train", *probe, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}",
         env={"TLRESEARCH_CACHE": str(tmp_path / "ddp-cache")},

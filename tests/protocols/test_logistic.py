@@ -74,7 +74,12 @@ def test_path_chooses_a_regularisation_the_validation_split_favours():
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"l2_min": 1.0, "l2_max": 0.1}, "l2_min"), ({"num_l2": 0}, "num_l2"), ({"tolerance": -1.0}, "tolerance"), ({"refit": "yes"}, "refit")],
+    [
+        ({"l2_min": 1.0, "l2_max": 0.1}, "l2_min"),
+        ({"num_l2": 0}, "num_l2"),
+        ({"tolerance": -1.0}, "tolerance"),
+        ({"refit": "yes"}, "refit"),
+    ],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"finetune.{key}"):
@@ -91,7 +96,8 @@ def test_logistic_run_writes_the_usual_records_and_a_loadable_checkpoint(pets_ro
     metrics, objects = train(cfg)
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["status"] == "completed"
-    for key in ("test/acc", "test/mean_class_acc", "test/top5", "val/best_mean_class_acc", "params/trainable", "params/total", "time/fit_s"):
+    for key in ("test/acc", "test/mean_class_acc", "test/top5", "val/best_mean_class_acc", "params/trainable", "params/total",
+                "time/fit_s"):
         assert key in on_disk, key
     assert min(abs(on_disk["logistic/l2"] / v - 1) for v in l2_grid(1e-4, 10, 5)) < 1e-9
     assert on_disk["logistic/num_l2"] == 5
@@ -105,7 +111,13 @@ def test_logistic_run_writes_the_usual_records_and_a_loadable_checkpoint(pets_ro
     torch.testing.assert_close(model.head[1].weight, objects["model"].head[1].weight.cpu())
     eval_cfg = compose_cfg(
         "evaluate",
-        [f"ckpt_path={on_disk['best_checkpoint']}", f"data.root={pets_root}", "data.num_workers=0", "data.val_per_class=2", "trainer.enable_progress_bar=false"],
+        [
+            f"ckpt_path={on_disk['best_checkpoint']}",
+            f"data.root={pets_root}",
+            "data.num_workers=0",
+            "data.val_per_class=2",
+            "trainer.enable_progress_bar=false",
+        ],
         tmp_path / "eval",
     )
     evaluated, _ = evaluate(eval_cfg)

@@ -75,7 +75,9 @@ def ideal_grid(images: torch.Tensor, records: Sequence[Mapping[str, Any]], path:
             ax = axes[row, col]
             ax.imshow(_hwc(images[index]))
             colour = "green" if r["hit"] else "red"
-            ax.set_title(f"{r['target_name']} (seed {r['seed']})\np={r['target_prob']:.2f}, top-1 {r['pred_name']}", fontsize=8, color=colour)
+            ax.set_title(
+                f"{r['target_name']} (seed {r['seed']})\np={r['target_prob']:.2f}, top-1 {r['pred_name']}", fontsize=8, color=colour
+            )
     return _save_figure(fig, Path(path))
 
 

@@ -134,7 +134,10 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         self._sets.clear()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.images.describe(), "feature_cache": {"dir": str(self.cache.root) if self.cache.root else None, "views": self.views, "splits": self.stats}}
+        return {
+            **self.images.describe(),
+            "feature_cache": {"dir": str(self.cache.root) if self.cache.root else None, "views": self.views, "splits": self.stats},
+        }
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -201,7 +204,9 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         seconds = time.perf_counter() - started
         self.stats[split] = {"key": key, "hit": hit, "seconds": round(seconds, 3), "shape": list(features.features.shape)}
         where = f" ({self.cache.path(key)})" if self.cache.root else ""
-        log.info("%s features of %d images: %s in %.1f s%s", split, len(samples), "read from the cache" if hit else "extracted", seconds, where)
+        log.info(
+            "%s features of %d images: %s in %.1f s%s", split, len(samples), "read from the cache" if hit else "extracted", seconds, where
+        )
         return self._resident(features, device)
 
     def _resident(self, features: FeatureSet, device: torch.device) -> FeatureSet:

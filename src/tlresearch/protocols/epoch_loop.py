@@ -27,7 +27,10 @@ def cache_decision(settings: EpochLoopSettings, model: Any, datamodule: Any) -> 
         return False, "finetune.cache_features=false"
     training_blocks = [g.name for g in model.groups if g.name != "head" and g.start_epoch is not None]
     if training_blocks:
-        return False, f"backbone blocks train in this schedule ({', '.join(training_blocks[:3])}{', ...' if len(training_blocks) > 3 else ''}): features change every step"
+        return False, (
+            f"backbone blocks train in this schedule ({', '.join(training_blocks[:3])}{', ...' if len(training_blocks) > 3 else ''}): "
+            "features change every step"
+        )
     if not isinstance(datamodule, ImageClassificationDataModule):
         return False, f"the data module {type(datamodule).__name__} is not an image-classification DataModule"
     views = cached_views(settings, datamodule)

@@ -99,7 +99,9 @@ class FeatureSpec:
         }
 
 
-def feature_key(weights_digest: str, samples: Sequence[Sample], spec: FeatureSpec, backbone_info: dict | None = None) -> tuple[str, dict[str, Any]]:
+def feature_key(
+    weights_digest: str, samples: Sequence[Sample], spec: FeatureSpec, backbone_info: dict | None = None
+) -> tuple[str, dict[str, Any]]:
     """``(key, description)`` of the features of ``samples`` made by ``spec`` with the backbone
     whose :func:`module_digest` is ``weights_digest``; the description lists what went into
     the key, for humans."""
@@ -289,7 +291,10 @@ def load_or_extract(
         cache.save(key, features, description)
         return features, False
     if cache.root is None:
-        raise ConfigError("finetune.cache_features=false cannot be combined with several processes: the ranks share features through the cache directory.")
+        raise ConfigError(
+            "finetune.cache_features=false cannot be combined with several processes: "
+            "the ranks share features through the cache directory."
+        )
     shard = extract(list(range(rank, n, world)))
     atomic_write(cache.shard_path(key, rank, world), lambda tmp: torch.save(shard, tmp))
     barrier()
@@ -304,5 +309,7 @@ def load_or_extract(
     barrier()
     loaded = cache.load(key)
     if loaded is None:
-        raise RuntimeError(f"rank {rank}: the merged feature file {cache.path(key)} is missing; is paths.cache_dir shared by every process?")
+        raise RuntimeError(
+            f"rank {rank}: the merged feature file {cache.path(key)} is missing; is paths.cache_dir shared by every process?"
+        )
     return loaded, False

@@ -64,7 +64,13 @@ def run_logistic(
     num_classes = model.hparams.num_classes
     path = regularization_path(data["train"], data["val"], num_classes, list(settings.l2_path), **solver)
     chosen = path.points[path.best_index]
-    log.info("logistic: l2=%.3g chosen (val/%s=%.4f) among %d values", chosen["l2"], SELECTION_METRIC, chosen[f"val/{SELECTION_METRIC}"], len(path.points))
+    log.info(
+        "logistic: l2=%.3g chosen (val/%s=%.4f) among %d values",
+        chosen["l2"],
+        SELECTION_METRIC,
+        chosen[f"val/{SELECTION_METRIC}"],
+        len(path.points),
+    )
     final = path.best
     if settings.refit:
         both = (torch.cat([data["train"][0], data["val"][0]]), torch.cat([data["train"][1], data["val"][1]]))
