@@ -14,7 +14,7 @@ from tlresearch.data.datamodule import auto_num_workers
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-DATA_CONFIGS = ["pets", "cats_dogs", "folder"]
+DATA_CONFIGS = sorted(path.stem for path in (CONF / "data").glob("*.yaml"))  # a new dataset is checked too
 
 
 @pytest.mark.parametrize("name", DATA_CONFIGS)

@@ -45,6 +45,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """True for an int or a float that is not a bool (a metric, a fraction, a rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require(ok: bool, key: str, value: Any, fix: str) -> None:
     """Raise ``ConfigError("key=value is invalid: fix")`` unless ``ok``."""
     if not ok:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tlresearch.core.config import require
+from tlresearch.core.config import is_number, require
 from tlresearch.core.errors import ConfigError
 
 from .images import Sample
@@ -32,7 +32,7 @@ def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
     """Validate ``{"data.val_fraction": v, ...}``: each in [0, 1), their sum < 1."""
     checked: dict[str, float] = {}
     for key, value in fractions.items():
-        valid = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1
+        valid = is_number(value) and 0 <= value < 1
         require(valid, key, value, f"use a number in [0, 1) (the share of images held out), e.g. {key}=0.1.")
         checked[key] = float(value)
     if sum(checked.values()) >= 1:

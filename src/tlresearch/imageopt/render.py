@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from tlresearch.core.config import is_number
 from tlresearch.core.files import atomic_write
 from tlresearch.imageopt.images import to_uint8
 
@@ -109,7 +110,7 @@ def attack_grid(
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers among flat metrics (booleans, strings and None left out): what loggers take."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in metrics.items() if is_number(v)}
 
 
 def log_to_wandb(run_or_logger: Any, metrics: Mapping[str, Any], images: Mapping[str, str | Path]) -> None:

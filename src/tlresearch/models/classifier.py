@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
-from tlresearch.core.config import check_argument_types
+from tlresearch.core.config import check_argument_types, check_choice, is_int, is_number, require
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec
@@ -311,18 +311,15 @@ def _dataset_length(trainer: pl.Trainer) -> int:
 
 
 def _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names) -> None:
-    if num_classes < 2:
-        raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+    require(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes, "a classifier needs at least 2 classes.")
     lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    if not _is_positive_number(lr):
-        raise ConfigError(f"optimizer.lr={lr!r} is invalid: the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
+    require(_is_positive_number(lr), "optimizer.lr", lr,
+            "the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
     _check_optimizer(optimizer)
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"model.dropout={dropout} is invalid: use a probability in [0, 1).")
-    if head_init not in {"default", "zero"}:
-        raise ConfigError(f"model.head_init={head_init!r} is invalid: use 'default' or 'zero'.")
-    if not 0 <= label_smoothing < 1:
-        raise ConfigError(f"model.label_smoothing={label_smoothing} is invalid: use a value in [0, 1).")
+    require(is_number(dropout) and 0 <= dropout < 1, "model.dropout", dropout, "use a probability in [0, 1).")
+    check_choice("model.head_init", head_init, ("default", "zero"))
+    require(is_number(label_smoothing) and 0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing,
+            "use a value in [0, 1).")
     if class_names is not None and len(class_names) != num_classes:
         raise ConfigError(f"{len(class_names)} class names were given for num_classes={num_classes}.")
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tlresearch.core.config import is_number
 from tlresearch.core.errors import ConfigError, suggest
 from tlresearch.results.grouping import Label, check_key, default_row_keys, label_of, label_sort_key, mixed_cell_warnings
 from tlresearch.results.records import NOT_METRIC_KEYS, Run
@@ -201,7 +202,7 @@ def metric_value(run: Run, metric: str) -> float | None:
     if run.status != "completed" or not run.metrics:
         return None
     value = run.metrics.get(metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     return float(value)
 
@@ -215,7 +216,7 @@ def check_metric(runs: Sequence[Run], metric: str) -> None:
     present: dict[str, None] = {}
     for run in runs:
         for key, value in (run.metrics or {}).items():
-            if key not in NOT_METRIC_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in NOT_METRIC_KEYS and is_number(value):
                 present[key] = None
     if metric in present:
         return

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tlresearch.core.config import is_number
 from tlresearch.core.errors import ConfigError, suggest
 from tlresearch.results.config_tree import config_keys, config_leaves
 from tlresearch.results.records import NOT_METRIC_KEYS, Run
@@ -117,7 +118,7 @@ def label_sort_key(label: Label) -> tuple[Any, ...]:
     def one(v: Any) -> tuple[Any, ...]:
         if v is None:
             return (2, 0, "")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if is_number(v):
             return (0, v, "")
         return (1, 0, str(v))
     return tuple(one(v) for v in label)

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from tlresearch.core.config import is_number
 from tlresearch.data.images import load_rgb
 
 # ``wandb`` itself is imported inside the functions that build W&B objects: it takes more than a
@@ -156,7 +157,7 @@ def log_report(run: Any, logger: Any, metrics: Mapping[str, Any], model: Any, da
 
 def summary_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What goes into the run summary: the numbers of ``metrics.json`` and its status."""
-    out: dict[str, Any] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out: dict[str, Any] = {k: v for k, v in metrics.items() if is_number(v)}
     if "status" in metrics:
         out["status"] = str(metrics["status"])
     return out
