@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
@@ -60,8 +60,7 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         log.error("%s", exc)
         if is_multirun():
             return None
-        print(f"\nError: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_config_error(exc)
     except KeyboardInterrupt:
         _record_failure(out_dir, "interrupted by the user", status="interrupted")
         raise
@@ -81,6 +80,12 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         finish_open_wandb_run(failed)  # a W&B run never carries over into the next job of a sweep
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def exit_on_config_error(exc: ConfigError) -> NoReturn:
+    """End the command on a user's mistake: its message alone on stderr (no traceback), exit status 2."""
+    print(f"\nError: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _is_interruption(exc: SystemExit) -> bool:
