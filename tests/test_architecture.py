@@ -38,7 +38,7 @@ FEATURES: dict[str, set[str]] = {
     "results": {"data"},
 }
 RUNNER = {"runner"}
-FRONT_DOOR = {"train", "evaluate", "predict", "visualize", "table", "cache"}
+FRONT_DOOR = {"train", "evaluate", "predict", "visualize", "table", "cache", "study"}
 
 
 def module_paths() -> dict[str, Path]:
@@ -190,6 +190,7 @@ GROUP_PACKAGES = {
     "scheduler": "tlresearch.models",
     "logger": ("tlresearch.runner", "pytorch_lightning.loggers"),
     "callbacks": ("tlresearch.runner", "tlresearch.checkpoints", "pytorch_lightning.callbacks"),
+    "hparams_search": ("tlresearch.runner", "optuna.samplers"),
 }
 
 
