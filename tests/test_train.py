@@ -28,6 +28,8 @@ def check_run_dir(run_dir: Path, metrics: dict, num_classes: int) -> None:
     assert ("test/top5" in on_disk) == (num_classes > 5)
     assert 0 < on_disk["params/trainable"] <= on_disk["params/total"]
     assert on_disk["time/fit_s"] > 0 and on_disk["throughput/train_img_s"] > 0
+    # training steps are a part of the epochs: their rate is the higher of the two
+    assert on_disk["throughput/train_img_s"] >= on_disk["throughput/epoch_img_s"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert Path(on_disk["best_checkpoint"]).is_file()
     assert (run_dir / "provenance.json").is_file()

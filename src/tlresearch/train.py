@@ -180,7 +180,7 @@ def fit_metrics(
     }
     throughput = next((c for c in callbacks.values() if isinstance(c, ThroughputMonitor)), None)
     if throughput is not None:
-        metrics["throughput/train_img_s"] = throughput.images_per_second
+        metrics.update(throughput.metrics())  # throughput/train_img_s (training steps only), epoch_img_s, ...
     for key, value in trainer.callback_metrics.items():
         if key.startswith("val/"):
             metrics[key] = float(value)

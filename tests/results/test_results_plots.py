@@ -12,7 +12,14 @@ import torch
 from PIL import Image
 
 from tlresearch.core.errors import ConfigError
-from tlresearch.results.plots import plot_confusion_matrix, plot_training_curves, read_metrics_csv
+from tlresearch.results.plots import (
+    group_identical_series,
+    group_label,
+    plot_confusion_matrix,
+    plot_training_curves,
+    read_metrics_csv,
+    training_curves_figure,
+)
 
 COLUMNS = ["epoch", "lr-SGD", "lr-SGD/pg1", "step", "train/acc_epoch", "train/acc_step", "train/loss_epoch",
            "train/loss_step", "val/acc", "val/loss", "val/mean_class_acc"]
@@ -99,3 +106,92 @@ def test_confusion_matrix_checks_shapes(tmp_path: Path) -> None:
         plot_confusion_matrix(np.eye(2), ["a", "b", "c"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="square"):
         plot_confusion_matrix(np.ones((2, 3)), ["a", "b"], tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------ readable at a glance
+
+GROUPS = [f"backbone.{b}{s}" for b in ("stem", "layer1", "layer2", "layer3", "layer4") for s in ("", ".no_decay")]
+GROUPS += ["head", "head.no_decay"]  # 12 parameter groups, as a ResNet under finetune=full logs them
+
+
+def write_spiky_csv(path: Path, epochs: int = 15, steps_per_epoch: int = 10, frozen_backbone: bool = False) -> Path:
+    """A metrics.csv with one early validation-loss spike (1,750 against train losses near 1)
+    and 12 parameter groups; every group shares the head's cosine LR, or (``frozen_backbone``,
+    a linear probe) the backbone's 10 groups stay at LR 0."""
+    lr_columns = [f"lr-SGD/{g}" for g in GROUPS]
+    rows, step = [], 0
+    total = epochs * steps_per_epoch
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            lr = 0.01 * 0.5 * (1 + math.cos(math.pi * step / total)) + 1e-5
+            rows.append({"step": step, **{c: 0.0 if frozen_backbone and "backbone" in c else lr for c in lr_columns}})
+            rows.append({"epoch": epoch, "step": step, "train/loss_step": 1.3 - 0.5 * step / total + 0.1 * math.sin(step)})
+            step += 1
+        val_loss = 1750.0 if epoch == 1 else 1.4 - 0.4 * epoch / epochs
+        rows.append({"epoch": epoch, "step": step - 1, "val/loss": val_loss, "val/acc": 0.3 + 0.02 * epoch})
+        rows.append({"epoch": epoch, "step": step - 1, "train/loss_epoch": 1.25 - 0.5 * epoch / epochs,
+                     "train/acc": 0.25 + 0.03 * epoch})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *lr_columns, "step", "train/acc", "train/loss_epoch",
+                                                "train/loss_step", "val/acc", "val/loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def lines_of(ax) -> list:
+    """The curves of a panel (not the off-scale markers, whose labels start with "_")."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def assert_legends_off_the_data(fig) -> None:
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            assert not legend.get_window_extent().overlaps(ax.get_window_extent()), ax.get_title()
+
+
+@pytest.mark.parametrize("frozen_backbone, lr_lines", [(False, 1), (True, 2)])
+def test_training_curves_readable_despite_a_loss_spike_and_twelve_lr_groups(tmp_path, frozen_backbone, lr_lines) -> None:
+    path = write_spiky_csv(tmp_path / "metrics.csv", frozen_backbone=frozen_backbone)
+    data = read_metrics_csv(path)
+    fig = training_curves_figure(path)
+    loss, accuracy, lr = fig.axes
+
+    # The loss panel shows every train-loss value and every validation loss but the spike.
+    low, high = loss.get_ylim()
+    train = np.concatenate([data["train/loss_step"], data["train/loss_epoch"]])
+    val = data["val/loss"][np.isfinite(data["val/loss"])]
+    assert low <= np.nanmin(train) and np.nanmax(train) <= high
+    assert low <= val[val < 100].min() and val[val < 100].max() <= high
+    assert high < 10 and loss.get_yscale() == "linear"
+    # ... and says where the spike went: a marker at the top edge, its value in the title.
+    assert "1750" in loss.get_title() and "val/loss" in loss.get_title()
+    assert any(line.get_marker() == "^" for line in loss.get_lines())
+
+    # Twelve groups with one LR are one line, named by their groups; frozen groups (LR 0) a second one.
+    labels = [line.get_label().replace("\n", " ") for line in lines_of(lr)]
+    assert len(labels) == lr_lines
+    assert any("backbone.* (10 groups)" in label for label in labels)
+    assert lr.get_yscale() == ("symlog" if frozen_backbone else "log")
+    assert len(lines_of(accuracy)) == 2
+    assert_legends_off_the_data(fig)
+
+
+def test_loss_spanning_decades_gets_a_log_axis(tmp_path) -> None:
+    path = tmp_path / "metrics.csv"
+    rows = "".join(f"{step},{4.0 * 0.9 ** step}\n" for step in range(60))  # 4 down to ~0.01
+    path.write_text("step,train/loss_step\n" + rows)
+    (loss, _) = training_curves_figure(path).axes
+    assert loss.get_yscale() == "log" and "off scale" not in loss.get_title()
+
+
+def test_identical_series_are_grouped_and_labelled_by_their_names() -> None:
+    same, other = np.array([0.1, np.nan, 0.05]), np.array([0.0, np.nan, 0.0])
+    columns = {"lr-AdamW/head": same, "lr-AdamW/head.no_decay": same.copy(), "lr-AdamW/backbone.stem": other,
+               "lr-AdamW/backbone.layer1": other.copy(), "lr-AdamW/backbone.layer2": same.copy()}
+    grouped = group_identical_series(columns)
+    assert list(grouped) == ["lr-AdamW: head* (2 groups), backbone.layer2", "lr-AdamW: backbone.* (2 groups)"]
+    assert group_label(["lr-SGD"]) == "lr-SGD"

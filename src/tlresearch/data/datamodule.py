@@ -120,7 +120,8 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             one fixed split.)
         download: whether :meth:`prepare_data` may download a missing dataset.
         augment: fields of :class:`~tlresearch.data.transforms.Augmentation` for the training
-            split (``None`` = its defaults; ``{"enabled": False}`` trains on the eval transform).
+            split (``None`` = its defaults; ``{"enabled": False}`` trains on the eval transform;
+            ``"auto"``, the default, is settled by the protocol through :meth:`set_augmentation`).
         preprocessing: the backbone's :class:`~tlresearch.data.transforms.Preprocessing`
             (``None`` = ImageNet defaults at 224 px); also settable later with :meth:`set_preprocessing`.
         pin_memory: DataLoader ``pin_memory``; ``"auto"`` = whether CUDA is available.
@@ -180,6 +181,15 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
     def set_preprocessing(self, preprocessing: Preprocessing | Mapping[str, Any]) -> None:
         """Use the backbone's preprocessing; datasets already built get the new transforms too."""
         self.preprocessing = coerce_preprocessing(preprocessing)
+        self._refresh_transforms()
+
+    def set_augmentation(self, augmentation: Augmentation | Mapping[str, Any]) -> None:
+        """Use ``augmentation`` for training (the protocol settles ``data.augment.enabled=auto``
+        this way); a training dataset already built gets the new transform too."""
+        self.augmentation = coerce_augmentation(augmentation)
+        self._refresh_transforms()
+
+    def _refresh_transforms(self) -> None:
         for split, dataset in self._datasets.items():
             dataset.transform = self._transform(split)
 

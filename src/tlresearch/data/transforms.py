@@ -15,6 +15,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from tlresearch.core.config import require
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -39,17 +41,37 @@ class Preprocessing:
         return InterpolationMode(self.interpolation)
 
 
+#: ``data.augment.enabled=auto``: the run's protocol decides whether training augments.
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Training augmentation. ``random_resized_crop`` with ``scale`` and ``hflip`` are the usual
-    transfer-learning defaults; ``color_jitter`` and ``trivial_augment`` are optional extras."""
+    transfer-learning defaults; ``color_jitter`` and ``trivial_augment`` are optional extras.
 
-    enabled: bool = True
+    ``enabled``: ``True``, ``False`` or ``"auto"`` (the default): the protocol that trains decides
+    (``tlresearch.protocols.epoch_loop``): on when backbone blocks train, off for a frozen-backbone
+    probe unless it caches augmented views (``finetune.cache_views >= 1``). Until a protocol
+    decides (a DataModule used on its own), ``"auto"`` augments: see :attr:`active`.
+    """
+
+    enabled: bool | str = AUTO
     scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
     color_jitter: float = 0.0
     trivial_augment: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        ok = self.enabled is True or self.enabled is False or self.enabled == AUTO
+        require(ok, f"{key}.enabled", self.enabled, "use true, false or auto (auto: on when backbone blocks train, "
+                "off for a frozen-backbone probe unless finetune.cache_views >= 1).")
+
+    @property
+    def active(self) -> bool:
+        """Whether the training transform augments: ``enabled``, with an undecided ``"auto"`` as on."""
+        return self.enabled is not False
 
 
 def _to_tensor_normalised(pre: Preprocessing) -> list[Any]:
@@ -71,7 +93,7 @@ def eval_transform(pre: Preprocessing) -> T.Compose:
 def train_transform(pre: Preprocessing, aug: Augmentation | None) -> T.Compose:
     """Random-resized-crop + flip (+ optional extras) at the backbone's input size; the eval
     transform when augmentation is disabled."""
-    if aug is None or not aug.enabled:
+    if aug is None or not aug.active:
         return eval_transform(pre)
     ops: list[Any] = [
         T.RGB(),

@@ -57,7 +57,10 @@ class EpochLoopSettings(ProtocolSettings):
         cache_features: use the feature cache where it applies (no backbone block trains and
             nothing random happens before the head); ``False`` always runs the backbone.
         cache_views: ``K >= 1``: cache K augmented views per training image when training
-            augmentation is on (``0``: the cache applies only without augmentation).
+            augmentation is on (``0``: the cache applies only without augmentation). Under
+            ``data.augment.enabled=auto`` it also says what auto means for a frozen backbone:
+            augment (``K >= 1``) or not (``0``, the literature's linear probe); when backbone
+            blocks train, auto augments (``tlresearch.protocols.epoch_loop``).
         decode_on_device: decode JPEGs in batches on the device while extracting features.
     """
 

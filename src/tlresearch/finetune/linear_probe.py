@@ -1,4 +1,8 @@
-"""Linear probe: the backbone is frozen for the whole run; only the new head trains."""
+"""Linear probe: the backbone is frozen for the whole run; only the new head trains.
+
+By default (``data.augment.enabled=auto``) the literature's probe: no training augmentation, and
+the head trains on features cached once (``tlresearch.protocols.epoch_loop``).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ class LinearProbe(FreezeSchedule):
     Args:
         cache_features: train the head on backbone features computed once and stored on disk
             (the feature cache, ``tlresearch.protocols``) when nothing random happens before the head.
-        cache_views: ``0``: cache only without training augmentation; ``K >= 1``: cache K
+        cache_views: ``0``: no training augmentation under ``data.augment.enabled=auto`` (the
+            literature's probe, on features cached once); ``K >= 1``: augment and cache K
             augmented views per training image (epoch ``e`` trains on view ``e mod K``).
+            ``data.augment.enabled=true`` with ``0`` augments on images every epoch (no cache).
         decode_on_device: while extracting cached features, decode JPEGs in batches with
             ``torchvision.io.decode_jpeg`` on the extraction device (nvJPEG on CUDA).
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,33 +62,57 @@ def _to_float(text: Any) -> float:
 
 
 def plot_training_curves(metrics_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Plot the loss and accuracy curves of a run (plus learning rates when logged) to a PNG.
+    """Plot the loss and accuracy curves of a run (plus learning rates when logged) to a PNG;
+    returns ``out_png``. The figure is :func:`training_curves_figure`'s."""
+    return _save(training_curves_figure(metrics_csv), out_png)
+
+
+def training_curves_figure(metrics_csv: str | os.PathLike) -> Figure:
+    """The training-curves figure, readable at a glance whatever the run logged.
 
     Works with whatever columns exist: every column with "loss" in its name goes to the loss
     panel, every accuracy-like column (acc, top5, f1, …) to the accuracy panel, ``lr-*``
     columns to a learning-rate panel. The x axis is the global ``step`` (``epoch`` when there
-    is no step), so per-step and per-epoch series share one axis. Returns ``out_png``.
+    is no step), so per-step and per-epoch series share one axis.
+
+    * Loss: a point more than :data:`OFF_SCALE_FACTOR` times the highest series median (an early
+      validation-loss spike of 1,750 against losses near 1) would flatten every other curve to a
+      line at zero; the y-limits exclude such points, which are marked ▲ at the top edge and
+      named with their value in the panel title. When the rest still spans two decades or more
+      (a loss falling from 4 to 0.01), the axis is logarithmic; otherwise linear, where changes
+      of a loss near 1 read best.
+    * Learning rate: parameter groups whose LR is the same at every step are one line, labelled
+      with their names (``lr-SGD: backbone.* (10 groups), head* (2 groups)``). Log scale when
+      every LR is positive (schedules span decades); with frozen groups at LR 0, a symmetric-log
+      scale that draws them at 0 under the others.
+    * Legends stand outside the axes, to their right, never on the data.
     """
     data = read_metrics_csv(metrics_csv)
     x_name, x = _x_axis(data)
     series = {n: v for n, v in data.items() if n not in _X_COLUMNS and np.isfinite(v).any()}
-    panels: list[tuple[str, list[str]]] = [
-        ("loss", [n for n in series if "loss" in n.lower()]),
-        ("accuracy", [n for n in series if "loss" not in n.lower() and is_accuracy_like(n)]),
+    panels: list[tuple[str, dict[str, np.ndarray]]] = [
+        ("loss", {n: v for n, v in series.items() if "loss" in n.lower()}),
+        ("accuracy", {n: v for n, v in series.items() if "loss" not in n.lower() and is_accuracy_like(n)}),
     ]
-    lr_columns = [n for n in series if n.lower().startswith("lr-") or n.lower() in ("lr", "learning_rate")]
+    lr_columns = {n: v for n, v in series.items() if n.lower().startswith("lr-") or n.lower() in ("lr", "learning_rate")}
     if lr_columns:
-        panels.append(("learning rate", lr_columns))
+        panels.append(("learning rate", group_identical_series(lr_columns)))
 
-    fig = _figure(figsize=(5.5 * len(panels), 4.2))
+    fig = _figure(figsize=(6.5 * len(panels), 4.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, names) in zip(axes, panels):
-        _plot_series(ax, x, {n: series[n] for n in names}, title, x_name)
-        if title == "learning rate" and all((series[n][np.isfinite(series[n])] > 0).all() for n in names):
-            ax.set_yscale("log")  # schedules span decades (warm-up, cosine to ~0)
+    for ax, (title, curves) in zip(axes, panels):
+        _plot_series(ax, x, curves, title, x_name)
+        if title == "loss":
+            _fit_loss_axis(ax, x, curves)
+        elif title == "learning rate":
+            _set_lr_scale(ax, curves)
     # e.g. "12-00-00/3/csv/version_0": enough of the path to tell runs apart
-    fig.suptitle("/".join(Path(metrics_csv).resolve().parts[-5:-1]) or "training curves", fontsize=10)
-    return _save(fig, out_png)
+    fig.suptitle("/".join(Path(metrics_csv).resolve().parent.parts[1:][-4:]) or "training curves", fontsize=10)
+    return fig
+
+
+#: A loss point above this many times the highest series median is off the loss panel's scale.
+OFF_SCALE_FACTOR = 30.0
 
 
 def _x_axis(data: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
@@ -109,11 +134,87 @@ def _plot_series(ax: Axes, x: np.ndarray, series: dict[str, np.ndarray], title: 
         keep = np.isfinite(x) & np.isfinite(y)
         per_step = name.endswith("_step")
         # Per-step series are noisy and dense: thin and faint, so the epoch curves stay readable.
-        ax.plot(x[keep], y[keep], label=name, linewidth=0.8 if per_step else 1.6,
+        ax.plot(x[keep], y[keep], label=textwrap.fill(name, 32), linewidth=0.8 if per_step else 1.6,
                 alpha=0.45 if per_step else 1.0, marker=None if per_step or keep.sum() > 30 else "o",
                 markersize=3)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # Outside the axes, to the right (constrained layout makes room): never over a curve.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def group_identical_series(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns whose values are identical at every row merged into one, labelled by
+    :func:`group_label`; order of first appearance kept."""
+    groups: list[tuple[np.ndarray, list[str]]] = []
+    for name, values in columns.items():
+        same = next((names for first, names in groups if np.array_equal(first, values, equal_nan=True)), None)
+        if same is None:
+            groups.append((values, [name]))
+        else:
+            same.append(name)
+    return {group_label(names): values for values, names in groups}
+
+
+def group_label(names: Sequence[str]) -> str:
+    """``lr-SGD/head`` for one column; for several, their shared prefix and their names grouped by
+    first component: ``lr-SGD: backbone.* (10 groups), head* (2 groups)``."""
+    if len(names) == 1:
+        return names[0]
+    prefixes = {n.rsplit("/", 1)[0] for n in names if "/" in n}
+    shared = prefixes.pop() if len(prefixes) == 1 and all("/" in n for n in names) else None
+    short = [n.rsplit("/", 1)[1] if shared else n for n in names]
+    roots: dict[str, list[str]] = {}
+    for name in short:
+        roots.setdefault(name.split(".", 1)[0], []).append(name)
+    parts = [
+        members[0] if len(members) == 1
+        else f"{root}{'.*' if all(m.startswith(root + '.') for m in members) else '*'} ({len(members)} groups)"
+        for root, members in roots.items()
+    ]
+    return f"{shared}: {', '.join(parts)}" if shared else ", ".join(parts)
+
+
+def _fit_loss_axis(ax: Axes, x: np.ndarray, curves: dict[str, np.ndarray]) -> None:
+    """Y-limits that show every curve's bulk; off-scale points marked at the top edge and named."""
+    values = {n: y[np.isfinite(y) & np.isfinite(x)] for n, y in curves.items()}
+    pooled = np.concatenate([v for v in values.values() if v.size] or [np.zeros(0)])
+    if not pooled.size or pooled.min() < 0:
+        return  # nothing drawn, or a loss that can be negative: no notion of "times the median"
+    fence = OFF_SCALE_FACTOR * max(float(np.median(v)) for v in values.values() if v.size)
+    kept = pooled[pooled <= fence] if fence > 0 else pooled
+    low, high = float(kept.min()), float(kept.max())
+    if low > 0 and high / low >= 100:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.25, high * 1.25)
+    else:
+        pad = 0.05 * ((high - low) or abs(high) or 1.0)
+        ax.set_ylim(low - pad, high + pad)
+    if fence <= 0 or high == pooled.max():
+        return
+    notes = []
+    for line in list(ax.get_lines()):  # a copy: the markers below are lines too
+        xs, ys = (np.asarray(a, dtype=float) for a in line.get_data())
+        off = ys > fence
+        if off.any():
+            # x in data units, y at the top edge of the axes: the marker shows where the curve left the panel
+            ax.plot(xs[off], np.ones(int(off.sum())), linestyle="none", marker="^", markersize=7,
+                    color=line.get_color(), transform=ax.get_xaxis_transform(), clip_on=False)
+            top = int(np.argmax(np.where(off, ys, -np.inf)))
+            count = f"{int(off.sum())} points, max " if off.sum() > 1 else ""
+            notes.append(f"{line.get_label()}: {count}{ys[top]:.4g} at {ax.get_xlabel()} {xs[top]:g}")
+    ax.set_title("loss\n▲ off scale: " + "; ".join(notes), fontsize=10)
+
+
+def _set_lr_scale(ax: Axes, curves: dict[str, np.ndarray]) -> None:
+    values = np.concatenate([v[np.isfinite(v)] for v in curves.values()] or [np.zeros(0)])
+    positive = values[values > 0]
+    if not positive.size or values.min() < 0:
+        return
+    if positive.size == values.size:
+        ax.set_yscale("log")  # schedules span decades (warm-up, cosine to ~0)
+    else:
+        # Frozen groups at LR 0 next to a schedule: linear below the smallest positive LR, log above.
+        ax.set_yscale("symlog", linthresh=float(positive.min()))
 
 
 # ----------------------------------------------------------------------------- confusion matrix
