@@ -19,6 +19,8 @@ pytest_plugins = ["tests.environment"]
 #: Sizes of the shared datasets (tests read them from here rather than repeating numbers).
 PETS_BREEDS = 6  # Abyssinian, 4 dog breeds, Bengal: both species
 PETS_IMAGES_PER_BREED = 12  # 6 trainval + 6 test each
+PETS_SMALL_BREEDS = 3  # pets_small: breeds with 7 trainval + 7 test images each (small classes)
+PETS_SMALL_TRAINVAL = 7
 CATS_DOGS_IMAGES_PER_CLASS = 10
 FOLDER_CLASSES = 3
 FOLDER_IMAGES_PER_CLASS = 10
@@ -35,6 +37,21 @@ def pets_generated(tmp_path_factory) -> Generated:
 def pets_root(pets_generated: Generated) -> Path:
     """``data.root`` of the generated Oxford-IIIT Pet (holds ``oxford-iiit-pet/``)."""
     return pets_generated.root
+
+
+@pytest.fixture(scope="session")
+def pets_small_generated(tmp_path_factory) -> Generated:
+    """Oxford-IIIT Pet layout with small classes: 3 breeds x (7 trainval + 7 test), 48-64 px."""
+    root = tmp_path_factory.mktemp("pets_small")
+    return generate_pets(root, num_classes=PETS_SMALL_BREEDS, images_per_class=2 * PETS_SMALL_TRAINVAL, min_size=48, max_size=64, seed=0)
+
+
+@pytest.fixture
+def pets_small_copy(pets_small_generated: Generated, tmp_path: Path) -> Path:
+    """A private copy of ``pets_small`` (for tests that corrupt files); its ``data.root``."""
+    root = tmp_path / "pets_small"
+    shutil.copytree(pets_small_generated.root / "oxford-iiit-pet", root / "oxford-iiit-pet")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -45,3 +45,9 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def truncate_file(path: Path) -> None:
+    """Cut a file to half its size, as a copy interrupted mid-way leaves a JPEG (PIL then refuses it)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import FAST, compose_cfg
+from tests.helpers import FAST, compose_cfg, truncate_file
 from tests.probes import BlockChangeProbe
 from tlresearch.data.generate import generate_folder
 from tlresearch.train import train
@@ -145,6 +145,27 @@ def test_pretrained_weights_path_offline(pets_root, tmp_path):
     assert torch.equal(objects["model"].backbone.model.conv1.weight, reference.conv1.weight)
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     assert provenance["backbone"]["weights"] == "IMAGENET1K_V1"
+
+
+@pytest.mark.slow
+def test_metrics_report_the_splits_and_the_excluded_test_image(pets_small_copy, tmp_path):
+    """Small classes and a broken test JPEG, through the train task: training keeps at least as many
+    images per class as validation, test/acc is computed on the remaining test images only, and
+    metrics.json and provenance.json say what each split held."""
+    test_ids = [line.split()[0] for line in (pets_small_copy / "oxford-iiit-pet/annotations/test.txt").read_text().splitlines()]
+    truncate_file(pets_small_copy / "oxford-iiit-pet" / "images" / f"{test_ids[0]}.jpg")
+    cfg = compose_cfg("train", [*FAST, f"data.root={pets_small_copy}", "trainer.max_epochs=1"], tmp_path)
+    train(cfg)
+    metrics = read_metrics(tmp_path)
+    assert metrics["status"] == "completed"
+    assert metrics["data/test_excluded"] == 1 and metrics["data/test_images"] == len(test_ids) - 1
+    assert metrics["data/train_per_class_min"] >= metrics["data/val_per_class_max"] > 0
+    assert metrics["data/train_replaced"] == metrics["data/val_replaced"] == 0
+    confusion = json.loads((tmp_path / "confusion_matrix.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == len(test_ids) - 1  # the denominator of test/acc
+    dataset = json.loads((tmp_path / "provenance.json").read_text())["dataset"]
+    assert dataset["test_excluded"][0]["path"] == f"images/{test_ids[0]}.jpg"
+    assert sum(c["test"] for c in dataset["images_per_class"].values()) == len(test_ids) - 1
 
 
 def test_sockets_are_blocked_in_tests():

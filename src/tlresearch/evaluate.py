@@ -51,6 +51,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "split": cfg.split,
         **{k.replace("test/", f"{cfg.split}/", 1): float(v) for k, v in results[0].items()},
+        **datamodule.split_report(),  # data/*: images per split and class, test images excluded (data/datamodule.py)
     }
     out_dir = Path(cfg.paths.output_dir)
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -77,6 +77,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics, datamodule = run_protocol(
         model.schedule.protocol(), context, model, datamodule, lambda data: fit_and_test(cfg, trainer, model, data, callbacks, ckpt_path)
     )
+    if hasattr(datamodule, "split_report"):  # data/*: images per split and class, test exclusions, replacements (data/datamodule.py)
+        metrics.update(datamodule.split_report())
     write_run_records(out_dir, cfg, metrics, model, datamodule)
     report_and_finish(loggers.values(), metrics, model, datamodule)  # W&B: report, then finish the run
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule}

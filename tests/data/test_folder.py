@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import FOLDER_CLASSES
+from tests.helpers import truncate_file
 from tlresearch.core.errors import ConfigError
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.generate import exif_only_jpeg, generate_folder
@@ -187,6 +188,19 @@ def test_a_file_broken_after_the_scan_is_replaced_by_its_own_class(tmp_path, cap
     assert torch.equal(image, train[replacement][0])  # the next image of the same class
     assert "using another image of the same class" in caplog.text
     assert sum(len(y) for _, y in dm.train_dataloader()) == len(train)
+
+
+def test_a_test_file_broken_after_the_scan_is_excluded_not_replaced(tmp_path, caplog):
+    generate_folder(tmp_path, classes=["a", "b"], images_per_class=10, layout="flat", min_size=32, max_size=40)
+    before = folder(tmp_path, test_fraction=0.3).dataset("test")
+    dm = folder(tmp_path, test_fraction=0.3, preprocessing=Preprocessing(32, 36))
+    assert before.samples[0].rel in {rel for rel, _ in dm.scan().kept}  # the scan decoded and kept it
+    truncate_file(before.samples[0].path)  # then it broke
+    test = dm.dataset("test")
+    assert [s.rel for s in test.samples] == [s.rel for s in before.samples[1:]]
+    assert dm.split_report()["data/test_excluded"] == 1 and "excluded" in caplog.text
+    assert dm.describe()["test_excluded"][0]["path"] == before.samples[0].rel
+    assert sum(len(y) for _, y in dm.test_dataloader()) == len(before) - 1
 
 
 def test_long_scans_report_progress(folder_root, tmp_path, caplog):

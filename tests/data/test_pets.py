@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 import torch
 from torchvision.datasets import OxfordIIITPet
 
-from tests.conftest import PETS_BREEDS, PETS_IMAGES_PER_BREED
+from tests.conftest import PETS_BREEDS, PETS_IMAGES_PER_BREED, PETS_SMALL_BREEDS, PETS_SMALL_TRAINVAL
+from tests.helpers import truncate_file
+from tlresearch.data.images import UnreadableImageError
 from tlresearch.data.pets import PET_BREEDS, OxfordPetsDataModule
 from tlresearch.data.transforms import Preprocessing
 from tlresearch.core.errors import ConfigError
@@ -167,14 +170,63 @@ def test_contradicting_annotation_is_refused(pets_root, tmp_path):
         pets(tmp_path).setup()
 
 
-def test_missing_and_unreadable_images_do_not_crash(pets_root, tmp_path, caplog):
+def test_missing_images_are_dropped_and_listed(pets_root, tmp_path):
     shutil.copytree(pets_root / "oxford-iiit-pet", tmp_path / "oxford-iiit-pet")
     images = sorted((tmp_path / "oxford-iiit-pet" / "images").glob("*.jpg"))
     images[0].unlink()  # listed in the annotations, gone from disk
-    dm = pets(tmp_path, batch_size=16, preprocessing=Preprocessing(32, 36))
-    dm.setup()
+    dm = pets(tmp_path)
     assert dm.describe()["dropped"] == {"total": 1, "by_reason": {"missing": 1}}
-    Path(dm.dataset("test").samples[0].path).write_bytes(b"")  # corrupted after setup: replaced by another of its class
-    n = sum(len(y) for y in [y for _, y in dm.test_dataloader()] + [y for _, y in dm.train_dataloader()])
-    assert n == len(dm.dataset("test")) + len(dm.dataset("train"))
-    assert "using another image of the same class" in caplog.text
+    assert all(Path(s.path).is_file() for split in ("train", "val", "test") for s in dm.dataset(split).samples)
+
+
+# -- small classes: the validation carve-out ---------------------------------------------------
+
+
+def test_default_carve_out_keeps_at_least_as_many_training_as_validation_images(pets_small_generated, caplog):
+    """With the default val_per_class=20, a breed of 7 trainval images trains on 4 and validates
+    on 3 (never 1 and 6); the log, split_report() and describe() say so."""
+    caplog.set_level(logging.INFO, logger="tlresearch.data")
+    dm = OxfordPetsDataModule(root=str(pets_small_generated.root), download=False, num_workers=0)
+    assert dm.val_per_class == 20  # the default
+    dm.setup()
+    train, val = dm.per_class_counts("train"), dm.per_class_counts("val")
+    assert sum(train) + sum(val) == PETS_SMALL_BREEDS * PETS_SMALL_TRAINVAL
+    assert train == [4] * PETS_SMALL_BREEDS and val == [3] * PETS_SMALL_BREEDS
+    report = dm.split_report()
+    assert report["data/train_per_class_min"] == 4 and report["data/val_per_class_max"] == 3
+    assert report["data/val_images"] == 3 * PETS_SMALL_BREEDS and report["data/test_per_class_median"] == PETS_SMALL_TRAINVAL
+    assert report["data/test_excluded"] == report["data/train_replaced"] == report["data/val_replaced"] == 0
+    assert dm.describe()["images_per_class"]["Abyssinian"] == {"train": 4, "val": 3, "test": PETS_SMALL_TRAINVAL}
+    assert "capped so that training keeps at least as many" in caplog.text and "Abyssinian (7 images: val 3, train 4)" in caplog.text
+    assert "train 12 (per class min 4, median 4, max 4); val 9 (per class min 3, median 3, max 3)" in caplog.text
+
+
+# -- the test set is never silently changed ---------------------------------------------------
+
+
+def test_a_test_image_that_does_not_decode_is_excluded_and_counted_never_replaced(pets_small_copy):
+    test_ids = annotation_ids(pets_small_copy, "test")
+    victim = f"images/{test_ids[0]}.jpg"
+    truncate_file(pets_small_copy / "oxford-iiit-pet" / victim)
+    dm = pets(pets_small_copy, batch_size=4, preprocessing=Preprocessing(32, 36))
+    test = dm.dataset("test")
+    rels = [s.rel for s in test.samples]
+    assert victim not in rels and len(rels) == len(set(rels)) == len(test_ids) - 1
+    report = dm.split_report()
+    assert report["data/test_excluded"] == 1 and report["data/test_images"] == len(test_ids) - 1
+    excluded = dm.describe()["test_excluded"]
+    assert [e["path"] for e in excluded] == [victim] and excluded[0]["reason"].startswith("undecodable")
+    # A test epoch yields each remaining image exactly once: no image stands in for the excluded one.
+    seen = [x.numpy().tobytes() for batch, _ in dm.test_dataloader() for x in batch]
+    assert len(seen) == len(set(seen)) == len(test_ids) - 1
+
+
+def test_files_that_break_during_the_run_are_replaced_and_counted_in_train_but_stop_the_test(pets_small_copy):
+    dm = pets(pets_small_copy, batch_size=4, preprocessing=Preprocessing(32, 36), num_workers=1)
+    dm.setup()
+    Path(dm.dataset("train").samples[0].path).write_bytes(b"")  # broken after the split was built
+    assert sum(len(y) for _, y in dm.train_dataloader()) == len(dm.dataset("train"))  # replaced: the epoch goes on
+    assert dm.split_report()["data/train_replaced"] == 1  # counted, though a worker process read it
+    Path(dm.dataset("test").samples[0].path).write_bytes(b"")
+    with pytest.raises(UnreadableImageError, match="never changed silently"):
+        list(dm.test_dataloader())

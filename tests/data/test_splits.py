@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.images import Sample
-from tlresearch.data.splits import split_counts, stratified_split, take_per_class
+from tlresearch.data.splits import cap_held_out, check_fractions, split_counts, stratified_split, take_per_class
 
 
 def samples(per_group: dict[str, int]) -> list[Sample]:
@@ -52,11 +53,57 @@ def test_stratified_split_of_a_group_does_not_depend_on_other_groups():
     assert [s.rel for s in large["val"] if s.group == "a"] == [s.rel for s in small["val"]]
 
 
-def test_stratified_split_per_group_clamps_to_leave_one_for_training(caplog):
-    split = stratified_split(samples({"a": 30, "b": 3}), 0, per_group={"val": 20})
-    counts = {g: sum(s.group == g for s in split["val"]) for g in "ab"}
-    assert counts == {"a": 20, "b": 2}
-    assert "Too few images" in caplog.text
+def test_stratified_split_per_group_never_takes_more_than_training_keeps(caplog):
+    split = stratified_split(samples({"a": 30, "b": 7, "c": 100}), 0, per_group={"val": 20})
+    val = {g: sum(s.group == g for s in split["val"]) for g in "abc"}
+    train = {g: sum(s.group == g for s in split["train"]) for g in "abc"}
+    assert val == {"a": 15, "b": 3, "c": 20}  # 7 images: 3 to val, 4 train (not 6 and 1)
+    assert train == {"a": 15, "b": 4, "c": 80}
+    assert "2 class(es)" in caplog.text and "b (7 images: val 3, train 4)" in caplog.text and "c (" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "n, counts, expected",
+    [
+        (7, [20], [3]),
+        (100, [20], [20]),  # a class large enough keeps what was asked (Oxford-IIIT Pet's ~100 trainval per breed)
+        (40, [20], [20]),
+        (39, [20], [19]),
+        (1, [5], [0]),
+        (0, [1, 1], [0, 0]),
+        (3, [1, 1], [1, 1]),
+        (5, [3, 3], [2, 1]),  # the larger gives back first; of equals the later (val keeps precedence over test)
+    ],
+)
+def test_cap_held_out(n, counts, expected):
+    assert cap_held_out(n, counts) == expected
+
+
+def test_carve_outs_of_every_small_class_keep_training_at_least_as_large():
+    """The rule holds for every class size, by count and by fraction."""
+    for n in range(0, 60):
+        for held in (cap_held_out(n, [20]), cap_held_out(n, [20, 20]), split_counts(n, [0.1, 0.1]), split_counts(n, [0.5])):
+            train = n - sum(held)
+            assert all(count <= train for count in held), (n, held)
+            assert n == 0 or train >= 1
+
+
+@pytest.mark.parametrize(
+    "fractions, bad_key",
+    [
+        ({"data.val_fraction": 0.6}, "data.val_fraction"),
+        ({"data.val_fraction": 0.4, "data.test_fraction": 0.3}, "data.val_fraction"),
+        ({"data.val_fraction": 0.1, "data.test_fraction": 0.5}, "data.test_fraction"),
+    ],
+)
+def test_a_fraction_larger_than_the_training_share_is_refused(fractions, bad_key):
+    with pytest.raises(ConfigError, match=rf"{bad_key}=.*more of a class than training keeps.*use at most"):
+        check_fractions(fractions)
+
+
+def test_fractions_within_the_training_share_are_accepted():
+    assert check_fractions({"data.val_fraction": 0.5}) == {"data.val_fraction": 0.5}
+    assert check_fractions({"data.val_fraction": 0.3, "data.test_fraction": 0.3})["data.test_fraction"] == 0.3
 
 
 def test_take_per_class_is_deterministic_and_nested():

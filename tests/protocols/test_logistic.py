@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +13,11 @@ import torch.nn.functional as F
 
 from tests.helpers import FAST, compose_cfg
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.pets import OxfordPetsDataModule
 from tlresearch.evaluate import evaluate
 from tlresearch.finetune.logistic import LogisticProbe, l2_grid
 from tlresearch.models.classifier import load_classifier
+from tlresearch.protocols.features import feature_key
 from tlresearch.protocols.logistic_solver import fit_multinomial_logistic, regularization_path
 from tlresearch.train import train
 
@@ -128,6 +132,26 @@ def test_logistic_run_writes_the_usual_records_and_a_loadable_checkpoint(pets_ro
     cfg = compose_cfg("train", [*LOGISTIC, f"data.root={pets_root}", "finetune.num_l2=3"], tmp_path / "again")
     _, objects = train(cfg)
     assert all(s["hit"] for s in objects["datamodule"].stats.values())
+
+
+@pytest.mark.slow
+def test_logistic_tests_on_the_remaining_images_and_keys_the_cache_by_the_exclusions(pets_small_copy, tmp_path):
+    """A test JPEG whose first bytes are overwritten (size and mtime kept, so only the exclusion
+    can change the cache key): the test features hold the other images only, under a new key."""
+    full = OxfordPetsDataModule(root=str(pets_small_copy), download=False, num_workers=0).dataset("test").samples
+    victim = Path(full[0].path)
+    stat = victim.stat()
+    with open(victim, "r+b") as fh:
+        fh.write(b"\0" * 16)  # no JPEG marker any more: PIL cannot identify it
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    cfg = compose_cfg("train", [*LOGISTIC, f"data.root={pets_small_copy}", "finetune.num_l2=2"], tmp_path)
+    metrics, objects = train(cfg)
+    features = objects["datamodule"]
+    assert metrics["data/test_excluded"] == 1 and len(features.features("test")) == len(full) - 1
+    assert int(objects["model"].test_confusion_matrix.sum()) == len(full) - 1  # the denominator of test/acc
+    assert metrics["data/train_per_class_min"] >= metrics["data/val_per_class_max"]
+    unexcluded_key, _ = feature_key(features._weights_digest, full, features.spec("test"), features.backbone_info)
+    assert features.stats["test"]["key"] != unexcluded_key
 
 
 def test_logistic_without_a_validation_split_says_how_to_get_one(pets_root, tmp_path):

@@ -2,8 +2,10 @@
 
 :class:`ImageClassificationDataModule` checks the arguments every dataset shares (root, batch
 size, workers, seed, augmentation, preprocessing...), builds the train/val/test datasets from
-the splits a subclass gives (:meth:`~ImageClassificationDataModule._build_splits`), serves their
-loaders (a resumable, seeded shuffle for train) and describes what it used. A dataset known
+the splits a subclass gives (:meth:`~ImageClassificationDataModule._build_splits`; the test split
+verified, its undecodable files excluded and recorded), serves their loaders (a resumable,
+seeded shuffle for train) and describes what it used (:meth:`~ImageClassificationDataModule.describe`
+for provenance.json, :meth:`~ImageClassificationDataModule.split_report` for metrics.json). A dataset known
 only by its folder layout subclasses :class:`~tlresearch.data.scanned.ScannedImageDataModule`
 instead. :class:`SplitLoaders` is the loader plumbing it shares with the feature-cache module.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +28,7 @@ from torch.utils.data import DataLoader
 from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int, require
 from tlresearch.core.errors import ConfigError
 
-from .images import ImageListDataset, Sample, reason_category
+from .images import ImageListDataset, Sample, reason_category, verify_samples
 from .memory import hold_in_memory
 from .sampler import ResumableTrainData
 from .splits import SPLITS, samples_sha256, take_per_class
@@ -164,6 +167,7 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         self._splits: dict[str, list[Sample]] | None = None
         self._datasets: dict[str, ImageListDataset] = {}
         self._dropped: list[tuple[str, str]] = []
+        self._test_excluded: list[tuple[str, str]] = []  # (relative path, reason): test files that failed to decode
 
     # -- classes ------------------------------------------------------------------------------
 
@@ -208,7 +212,12 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the train/val/test datasets (once: later calls return at once)."""
+        """Build the train/val/test datasets (once: later calls return at once).
+
+        The test split's files are verified here (:meth:`_verify_test`); the datasets of train
+        and val replace a file that fails later by another of its class, the test dataset never
+        does (:class:`~tlresearch.data.images.ImageListDataset`).
+        """
         if self._splits is not None:
             return
         splits, dropped = self._build_splits()
@@ -216,10 +225,36 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         self._check_train_covers_classes(splits["train"])
         if self.max_per_class is not None:
             splits["train"] = take_per_class(splits["train"], self.max_per_class, self.seed)
+        splits["test"], self._test_excluded = self._verify_test(splits["test"])
         self._splits, self._dropped = splits, list(dropped)
-        self._datasets = {name: ImageListDataset(samples, self._transform(name)) for name, samples in splits.items()}
-        sizes = ", ".join(f"{name} {len(samples)}" for name, samples in splits.items())
-        log.info("%s: %d classes; %s images; %d files dropped.", self.name, self.num_classes, sizes, len(dropped))
+        self._datasets = {
+            name: ImageListDataset(samples, self._transform(name), replace_unreadable=name != "test") for name, samples in splits.items()
+        }
+        sizes = "; ".join(
+            f"{name} {len(splits[name])} (per class {self._count_summary(name)})" for name in SPLITS
+        )
+        log.info(
+            "%s: %d classes; images %s; %d files dropped, %d test images excluded.",
+            self.name, self.num_classes, sizes, len(dropped), len(self._test_excluded),
+        )
+
+    def _verify_test(self, test: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
+        """The test split without the files that fail to decode now, and those files with their reasons.
+
+        The test set is never silently changed. Files a scanner dropped never entered a split;
+        this catches the rest: a file that passed the scan but broke since, or a split that
+        is never scanned (Oxford-IIIT Pet reads its annotation lists). A DataLoader item
+        cannot vanish, so the failures are not dropped at load time: every test file is
+        decoded once here, in threads, and the test dataset is built without the failures,
+        which :meth:`describe` lists (provenance.json) and :meth:`split_report` counts
+        (``data/test_excluded``). Every test metric is then computed on the remaining images:
+        its denominator excludes them, and no image stands in for another. The feature cache
+        reads the same samples, so its key changes with the exclusions too.
+        """
+        kept, excluded = verify_samples(test, threads=max(1, self.num_workers))
+        for rel, reason in excluded:
+            log.warning("Test image %s excluded: %s (the test set is never changed silently; see provenance.json).", rel, reason)
+        return kept, excluded
 
     def _check_train_covers_classes(self, train: Sequence[Sample]) -> None:
         present = {s.label for s in train}
@@ -261,12 +296,48 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         """Dataset-specific settings for :meth:`describe`."""
         return {}
 
+    def per_class_counts(self, split: str) -> list[int]:
+        """Images of each class (by label) in ``split``."""
+        self.setup()
+        assert self._splits is not None
+        counts = Counter(s.label for s in self._splits[split])
+        return [counts.get(label, 0) for label in range(self.num_classes)]
+
+    def _count_summary(self, split: str) -> str:
+        counts = self.per_class_counts(split) or [0]
+        return f"min {min(counts)}, median {statistics.median(counts):g}, max {max(counts)}"
+
+    def split_report(self) -> dict[str, int | float]:
+        """The ``data/*`` numbers of ``metrics.json``: what each split held and what was changed.
+
+        Per split: ``data/<split>_images`` and the per-class ``data/<split>_per_class_min``,
+        ``_median``, ``_max`` (a summary stays readable for 37 or 100 classes; the full table is
+        :meth:`describe`'s ``images_per_class``, in provenance.json). ``data/test_excluded``:
+        test files excluded because they did not decode (:meth:`_verify_test`);
+        ``data/train_replaced``, ``data/val_replaced``: files that failed to load during the run
+        and were replaced by another image of their class (counted over this process's
+        DataLoader workers: under DDP, rank 0's share).
+        """
+        self.setup()
+        report: dict[str, int | float] = {}
+        for split in SPLITS:
+            counts = self.per_class_counts(split) or [0]
+            report[f"data/{split}_images"] = sum(counts)
+            report[f"data/{split}_per_class_min"] = min(counts)
+            report[f"data/{split}_per_class_median"] = statistics.median(counts)
+            report[f"data/{split}_per_class_max"] = max(counts)
+        report["data/test_excluded"] = len(self._test_excluded)
+        report["data/train_replaced"] = self._datasets["train"].num_unreadable
+        report["data/val_replaced"] = self._datasets["val"].num_unreadable
+        return report
+
     def describe(self) -> dict[str, Any]:
-        """Provenance: which data, which split, which files were dropped and why (JSON-serialisable)."""
+        """Provenance: which data, which split, which files were dropped or excluded and why (JSON-serialisable)."""
         self.setup()
         assert self._splits is not None
         splits = self._splits
         every = [s for name in SPLITS for s in splits[name]]
+        per_class = {name: self.per_class_counts(name) for name in SPLITS}
         return {
             "dataset": self.name,
             "root": str(self.root.resolve()),
@@ -276,10 +347,12 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             "max_per_class": self.max_per_class,
             **self._describe_config(),
             "num_samples": {name: len(splits[name]) for name in SPLITS},
+            "images_per_class": {c: {name: per_class[name][i] for name in SPLITS} for i, c in enumerate(self._classes)},
             "manifest_sha256": samples_sha256(every),
             "split_sha256": {name: samples_sha256(splits[name]) for name in SPLITS},
             "dropped": {
                 "total": len(self._dropped),
                 "by_reason": dict(sorted(Counter(reason_category(r) for _, r in self._dropped).items())),
             },
+            "test_excluded": [{"path": rel, "reason": reason} for rel, reason in self._test_excluded],
         }

@@ -4,7 +4,8 @@ DataLoader workers only read file bytes; ``torchvision.io.decode_jpeg`` decodes 
 at once on the device (nvJPEG on CUDA, libjpeg-turbo on a CPU), and the resize, centre crop
 and normalisation of :func:`~tlresearch.data.transforms.eval_transform` run there too. A
 file that is not a JPEG, or that the batched decoder rejects, goes through the data
-pipeline's robust PIL loader instead (same RGB rules, same replacement of unreadable files).
+pipeline's PIL loader instead (same RGB rules, same policy for unreadable files: pass the
+split's :class:`~tlresearch.data.images.ImageListDataset` and its policy and count apply).
 
 The result matches the PIL pipeline up to resampling rounding (tensor and PIL antialiased
 resizes differ by about one intensity level), which is why feature-cache keys record it.
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from tlresearch.data.images import ImageListDataset, Sample
+from tlresearch.data.images import ImageListDataset, Sample, as_image_list
 from tlresearch.data.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -91,18 +92,23 @@ def eval_preprocess(images: list[torch.Tensor], pre: Preprocessing) -> torch.Ten
 
 
 def device_decoded_batches(
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | ImageListDataset,
     indices: Sequence[int],
     pre: Preprocessing | None,
     device: torch.device | str,
     batch_size: int,
     num_workers: int = 0,
 ) -> Iterator[torch.Tensor]:
-    """Normalised input batches of ``samples[indices]``, decoded and preprocessed on ``device``."""
+    """Normalised input batches of ``samples[indices]``, decoded and preprocessed on ``device``.
+
+    ``samples``: a list of samples (a file no decoder reads is replaced by another of its
+    class), or a split's dataset, whose policy the PIL fallback follows (a test split raises).
+    """
     if pre is None:
         raise ValueError("device decoding needs the backbone's preprocessing")
     device = torch.device(device)
-    fallback = ImageListDataset(samples)
+    fallback = as_image_list(samples)
+    samples = fallback.samples
     loader = DataLoader(Subset(EncodedFiles(samples), list(indices)), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_lists)
     for data, batch_indices in loader:
         encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]  # in this process: no shared memory

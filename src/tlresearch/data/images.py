@@ -5,8 +5,10 @@
   refused, bad files raised rather than half-decoded;
 * file checks (:func:`check_image`, :func:`has_jfif_header`): why a file must be dropped, as a
   reason string (:func:`reason_category` groups the reasons);
-* :class:`ImageListDataset`: ``(image, label)`` for a list of samples, never crashing an epoch on
-  a file that went bad after it was checked.
+* :func:`verify_samples`: decode a split's files once, keep those that decode (the test split);
+* :class:`ImageListDataset`: ``(image, label)`` for a list of samples; a file that went bad after
+  it was checked is replaced by another of its class and counted (train, val), or stops the
+  test (a verified test split is never changed silently).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -128,18 +132,60 @@ def reason_category(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
+def as_image_list(images: Sequence[Sample] | ImageListDataset) -> ImageListDataset:
+    """A reader of ``images`` without transform: a split's dataset keeps its policy and failure
+    record (:meth:`ImageListDataset.untransformed`); a plain list of samples gets the replacing one."""
+    return images.untransformed() if isinstance(images, ImageListDataset) else ImageListDataset(images)
+
+
+class UnreadableImageError(RuntimeError):
+    """An image of a split that is never changed silently (the test split) failed to load."""
+
+
+def verify_samples(samples: Sequence[Sample], threads: int = 1) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """``(samples that fully decode, [(relative path, reason) of those that do not])``, in order.
+
+    Each file is decoded once by :func:`check_image` (the scanner's verdict), in ``threads``
+    threads (PIL releases the GIL while decoding).
+    """
+    samples = list(samples)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        reasons = list(pool.map(lambda sample: check_image(sample.path), samples))
+    kept = [sample for sample, reason in zip(samples, reasons) if reason is None]
+    failed = [(sample.rel, reason) for sample, reason in zip(samples, reasons) if reason is not None]
+    return kept, failed
+
+
 class ImageListDataset(Dataset):
     """``(image_tensor, label)`` for a list of :class:`Sample`.
 
-    A file that fails to load at read time (deleted, corrupted after the scan) never crashes an
-    epoch: it is logged once and replaced by the next readable image *of the same class*, so
-    batch shapes hold and no image carries a wrong label.
+    What happens to a file that fails to load at read time (deleted, corrupted after it was
+    checked) is the dataset's policy:
+
+    * ``replace_unreadable=True`` (train, val): the epoch goes on. The file is logged once and
+      replaced by the next readable image *of the same class*, so batch shapes hold and no
+      image carries a wrong label; the replacement is counted (:attr:`num_unreadable`).
+    * ``replace_unreadable=False`` (test): :class:`UnreadableImageError` names the file. The
+      test split is never changed silently: the DataModule verifies its files when it builds
+      the split (:func:`verify_samples`), excludes and records the failures there, and a file
+      that breaks after that stops the test rather than being swapped for another image.
+
+    :attr:`failures` holds one flag per sample in shared memory: DataLoader worker processes
+    (fork or spawn) set it, the main process counts it. :meth:`untransformed` views share it.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any] | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        replace_unreadable: bool = True,
+        failures: torch.Tensor | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self._bad: set[int] = set()
+        self.replace_unreadable = replace_unreadable
+        self.failures = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_() if failures is None else failures
         self._by_label: dict[int, list[int]] | None = None
 
     def __len__(self) -> int:
@@ -149,6 +195,16 @@ class ImageListDataset(Dataset):
     def targets(self) -> list[int]:
         """Every sample's label, in order (as torchvision datasets expose it)."""
         return [s.label for s in self.samples]
+
+    @property
+    def num_unreadable(self) -> int:
+        """How many distinct files failed to load so far, in any process (each replaced, or raised)."""
+        return int(self.failures.sum())
+
+    def untransformed(self) -> ImageListDataset:
+        """The same images as PIL RGB, under the same policy and failure record: for readers with
+        a transform of their own (feature extraction, the in-memory copy, the device decoder)."""
+        return ImageListDataset(self.samples, replace_unreadable=self.replace_unreadable, failures=self.failures)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         label = self.samples[index].label
@@ -168,13 +224,20 @@ class ImageListDataset(Dataset):
         raise RuntimeError(f"No readable image left with label {self.samples[index].label} (first failure: {self.samples[index].path}).")
 
     def _try_load(self, index: int) -> Image.Image | None:
-        if index in self._bad:
+        if self.failures[index]:
             return None
         try:
             return load_rgb(self.samples[index].path)
         except Exception as error:  # noqa: BLE001 - any unreadable file is skipped, not fatal
-            self._bad.add(index)
-            log.warning("Could not read %s (%s); using another image of the same class instead.", self.samples[index].path, error_text(error))
+            self.failures[index] = 1
+            path = self.samples[index].path
+            if not self.replace_unreadable:
+                raise UnreadableImageError(
+                    f"Test image {path} could not be read at test time ({error_text(error)}), although it decoded when the split "
+                    "was built; it changed on disk during the run. The test set is never changed silently: restore the file and "
+                    "evaluate the checkpoint (python -m tlresearch.evaluate), or run again (it is then excluded and counted)."
+                ) from error
+            log.warning("Could not read %s (%s); using another image of the same class instead.", path, error_text(error))
             return None
 
     def _same_label_after(self, index: int) -> list[int]:

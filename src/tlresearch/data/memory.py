@@ -50,7 +50,7 @@ class InMemoryImages(Dataset):
     def __init__(self, images: ImageListDataset, short_side: int, interpolation: InterpolationMode, threads: int = 1) -> None:
         self.images = images
         self.short_side = short_side
-        raw = ImageListDataset(images.samples)  # the robust loader (bad files replaced), without transform
+        raw = images.untransformed()  # the split's loader and policy (bad train/val files replaced and counted), without transform
         started = time.perf_counter()
 
         def decode(index: int) -> np.ndarray:

@@ -6,8 +6,10 @@ On disk (torchvision's layout)::
     root/oxford-iiit-pet/annotations/{trainval.txt, test.txt, list.txt, trimaps/, xmls/}
 
 An annotation line ``Abyssinian_100 1 1 1`` is: image id, class id 1..37, species (1 cat,
-2 dog), breed id within the species. The official ``trainval``/``test`` split is used as it is;
-a validation split is carved out of ``trainval``, stratified by breed and fixed by ``seed``.
+2 dog), breed id within the species. The official ``trainval``/``test`` split is used as it is
+(a listed file that is missing is dropped; a test image that does not decode is excluded and
+counted by the base class, never replaced); a validation split is carved out of ``trainval``,
+stratified by breed and fixed by ``seed``.
 """
 
 from __future__ import annotations
@@ -65,10 +67,12 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
     Args:
         root: the folder holding (or to receive) ``oxford-iiit-pet/``.
         target: ``"breed"`` (37 classes, :data:`PET_BREEDS`) or ``"species"`` (``["Cat", "Dog"]``).
-        val_per_class: images per breed moved from trainval to val (20, as Kornblith et al.; at
-            least one per breed always stays in train); ``None`` uses ``val_fraction`` instead.
-        val_fraction: share of each breed's trainval images moved to val, in [0, 1), when
-            ``val_per_class`` is ``None``.
+        val_per_class: images per breed moved from trainval to val (20, as Kornblith et al.);
+            a breed too small for it is capped so that training keeps at least as many images
+            as val (:func:`~tlresearch.data.splits.cap_held_out`: 7 trainval images give val 3,
+            train 4); ``None`` uses ``val_fraction`` instead.
+        val_fraction: share of each breed's trainval images moved to val, in [0, 0.5], when
+            ``val_per_class`` is ``None`` (the same cap applies to small breeds).
         num_breeds: use only the first K breeds in class-id order, e.g. for quick experiments.
             ``None`` (auto): all 37, or the first K when the local ``trainval.txt`` lists only
             those (data written by ``generate pets --num-classes K``).

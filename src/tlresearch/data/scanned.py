@@ -36,7 +36,10 @@ class ScannedImageDataModule(ImageClassificationDataModule):
     Args:
         filter: ``"decodes"`` keeps every file PIL fully decodes; ``"jfif"`` additionally
             requires the JFIF marker in the first 10 bytes.
-        val_fraction, test_fraction: shares held out per class when the split is not on disk.
+        val_fraction, test_fraction: shares held out per class when the split is not on disk
+            (neither above the share left to training; a small class is capped so that training
+            keeps at least as many images as each held-out split, see
+            :func:`~tlresearch.data.splits.cap_held_out`).
         cache_dir: where manifests go, one subfolder per dataset root (``None``:
             ``root/.tlresearch`` when writable, else the user's cache).
         **common: the arguments of :class:`ImageClassificationDataModule`.

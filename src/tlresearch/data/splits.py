@@ -2,6 +2,7 @@
 
 * :func:`stratified_split`: train plus held-out splits, per group (class), by fractions
   (:func:`split_counts`, checked by :func:`check_fractions`) or by a count per group;
+  a carve-out never takes more images of a class than training keeps (:func:`cap_held_out`);
 * :func:`take_per_class`: nested per-class subsets of the training split;
 * :func:`samples_sha256`: the hash that records exactly which images a split holds.
 
@@ -29,7 +30,8 @@ SPLITS = ("train", "val", "test")
 
 
 def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
-    """Validate ``{"data.val_fraction": v, ...}``: each in [0, 1), their sum < 1."""
+    """Validate ``{"data.val_fraction": v, ...}``: each in [0, 1), their sum < 1, and none larger
+    than the share left to training (the carve-out rule of :func:`cap_held_out`, as a nominal share)."""
     checked: dict[str, float] = {}
     for key, value in fractions.items():
         valid = is_number(value) and 0 <= value < 1
@@ -40,22 +42,43 @@ def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
         raise ConfigError(
             f"{keys} = {sum(checked.values()):g} is invalid: the held-out fractions must sum to less than 1, leaving images to train on."
         )
+    total = sum(checked.values())
+    for key, value in checked.items():
+        others = total - value
+        require(
+            value <= 1 - total + 1e-9, key, value,
+            f"a held-out split may not take more of a class than training keeps (here {1 - total:g} of each class would train); "
+            f"use at most {(1 - others) / 2:g}" + (", or lower the other fraction(s)." if others else "."),
+        )
     return checked
 
 
+def cap_held_out(n: int, counts: Sequence[int]) -> list[int]:
+    """The carve-out rule: per class of ``n`` images, no held-out split gets more images than
+    training keeps (``count <= n - sum(counts)`` for each), so at least one image trains.
+
+    The largest held-out count (the last of equals, so val keeps precedence over test) gives one
+    image back to training until the rule holds; counts already within it are returned unchanged. A class of 7 images asked for
+    20 validation images gets 3 (training keeps 4), never 6 (training would keep 1).
+    """
+    counts = [max(0, min(int(c), n)) for c in counts]
+    while counts and max(counts) > n - sum(counts):
+        counts[max(range(len(counts)), key=lambda i: (counts[i], i))] -= 1
+    return counts
+
+
 def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """How many of ``n`` items each held-out split takes; at least one item always stays for training.
+    """How many of ``n`` items each held-out split takes, within :func:`cap_held_out`'s rule.
 
     Rounds to nearest; a split with a non-zero fraction that rounds to nothing still gets one
-    item while one is left to train on, in order (so tiny classes reach val first, then test).
+    item while one is left to train on, in order (so tiny classes reach val first, then test);
+    then no split may take more than training keeps (which leaves at least one to train on).
     """
     counts = [math.floor(n * f + 0.5) for f in fractions]
     for i, fraction in enumerate(fractions):
         if fraction > 0 and counts[i] == 0 and sum(counts) < n - 1:
             counts[i] = 1
-    while sum(counts) > max(n - 1, 0):
-        counts[counts.index(max(counts))] -= 1
-    return counts
+    return cap_held_out(n, counts)
 
 
 def _group_order(samples: Iterable[Sample], seed: int, salt: str) -> dict[str, list[Sample]]:
@@ -83,20 +106,20 @@ def stratified_split(
     """Split ``samples`` into ``"train"`` plus held-out splits, stratified by ``Sample.group``.
 
     Held-out sizes come either from ``fractions`` (``{"val": 0.1, "test": 0.1}``, see
-    :func:`split_counts`) or from ``per_group`` (``{"val": 20}`` images per group; at least one
-    image of each group stays in train). The same samples and seed always give the same split.
-    Each split is sorted by relative path.
+    :func:`split_counts`) or from ``per_group`` (``{"val": 20}`` images per group). Either way
+    a group too small for its share is capped by :func:`cap_held_out` (no held-out split gets
+    more of a group than training keeps) and a warning names the capped groups and their counts.
+    The same samples and seed always give the same split. Each split is sorted by relative path.
     """
     names = list((fractions or per_group or {}).keys())
     out: dict[str, list[Sample]] = {"train": [], **{name: [] for name in names}}
     clamped: list[str] = []
     for group, members in _group_order(samples, seed, "split").items():
         if per_group is not None:
-            counts = [min(per_group[name], len(members) - 1) for name in names]
-            while sum(counts) > max(len(members) - 1, 0):
-                counts[counts.index(max(counts))] -= 1
+            counts = cap_held_out(len(members), [per_group[name] for name in names])
             if counts != [per_group[name] for name in names]:
-                clamped.append(f"{group} ({len(members)})")
+                kept = ", ".join(f"{name} {count}" for name, count in zip(names, counts))
+                clamped.append(f"{group} ({len(members)} images: {kept}, train {len(members) - sum(counts)})")
         else:
             counts = split_counts(len(members), [fractions[name] for name in names])  # type: ignore[index]
         start = 0
@@ -105,8 +128,10 @@ def stratified_split(
             start += count
         out["train"] += members[start:]
     if clamped:
+        shown = "; ".join(clamped[:10]) + (f"; and {len(clamped) - 10} more" if len(clamped) > 10 else "")
         log.warning(
-            "Too few images to hold out %s per class for: %s; kept one per class for training.", dict(per_group or {}), ", ".join(clamped)
+            "Too few images to hold out %s per class for %d class(es); capped so that training keeps at least as many "
+            "images of a class as each held-out split: %s.", dict(per_group or {}), len(clamped), shown,
         )
     return {name: sorted(split, key=lambda s: s.rel) for name, split in out.items()}
 

@@ -133,6 +133,10 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         self.images.set_preprocessing(preprocessing)
         self._sets.clear()
 
+    def split_report(self) -> dict[str, int | float]:
+        """The image DataModule's ``data/*`` numbers (the features are of its samples)."""
+        return self.images.split_report()
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.images.describe(),
@@ -179,7 +183,8 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
 
     def _load_or_extract(self, split: str) -> FeatureSet:
         started = time.perf_counter()
-        samples = self.images.dataset(split).samples
+        images = self.images.dataset(split)  # its policy: a test file is never replaced; train/val replacements are counted
+        samples = images.samples
         spec = self.spec(split)
         if self._weights_digest is None:
             self._weights_digest = module_digest(self.backbone)
@@ -194,7 +199,7 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
 
         def extract(indices: list[int]) -> torch.Tensor:
             return extract_features(
-                self.backbone, samples, spec, device=device, indices=indices, batch_size=self.images.batch_size,
+                self.backbone, images, spec, device=device, indices=indices, batch_size=self.images.batch_size,
                 num_workers=self.images.num_workers, pin_memory=self.images.pin_memory, channels_last=self.channels_last,
             )
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import atomic_write, write_json_atomic
 from tlresearch.data.gpu_decode import device_decoded_batches
-from tlresearch.data.images import ImageListDataset, Sample
+from tlresearch.data.images import ImageListDataset, Sample, as_image_list
 from tlresearch.data.sampler import mix_seed, seeded_rng
 from tlresearch.data.transforms import Preprocessing
 from tlresearch.models.performance import autocast_for, channels_last_wanted, to_channels_last
@@ -204,10 +204,11 @@ class _ViewDataset(Dataset):
 
 
 def _pil_batches(
-    samples: Sequence[Sample], indices: Sequence[int], spec: FeatureSpec, view: int, batch_size: int, num_workers: int, pin_memory: bool
+    images: Sequence[Sample] | ImageListDataset, indices: Sequence[int], spec: FeatureSpec, view: int, batch_size: int,
+    num_workers: int, pin_memory: bool,
 ) -> Iterator[torch.Tensor]:
     """Input batches decoded and transformed by the data pipeline (PIL, in DataLoader workers)."""
-    dataset = _ViewDataset(ImageListDataset(samples), spec.transform, spec.seed, view)
+    dataset = _ViewDataset(as_image_list(images), spec.transform, spec.seed, view)
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
     for x, _ in loader:
         yield x
@@ -215,7 +216,7 @@ def _pil_batches(
 
 def extract_features(
     backbone: nn.Module,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | ImageListDataset,
     spec: FeatureSpec,
     *,
     device: torch.device | str = "cpu",
@@ -226,6 +227,10 @@ def extract_features(
     channels_last: bool | str = "auto",
 ) -> torch.Tensor:
     """``[views, len(indices), F]`` float32 features of ``samples[indices]`` (all by default).
+
+    ``samples``: a list of samples (an unreadable file is replaced by another of its class), or
+    a DataModule split's :class:`~tlresearch.data.images.ImageListDataset`, whose policy and
+    failure count apply (a test split never replaces a file; train and val count replacements).
 
     The backbone is moved to ``device`` (and to channels_last where that helps, see
     :func:`channels_last_wanted`) and runs in eval mode without gradients under
