@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import FAST, check_predictions, compose_cfg, run_cli
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.generate import generate_folder
 from tlresearch.evaluate import evaluate
 from tlresearch.predict import predict
 from tlresearch.train import train
@@ -84,3 +85,11 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, args, fragment, code):
     if code == 2:  # our own errors also mark the run as failed
         record = json.loads((tmp_path / "run" / "metrics.json").read_text())
         assert record["status"] == "failed" and fragment.split()[0] in record["error"]
+
+
+def test_class_names_predictions_csv_cannot_hold_are_refused_before_training(tmp_path):
+    root = generate_folder(tmp_path / "data", classes=["cat|dog", "bird"], images_per_class=5, min_size=48, max_size=64).root
+    cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={root}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"class_names=\['cat\|dog'\] is invalid: give distinct, non-empty names free of '\|'"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained

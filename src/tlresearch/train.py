@@ -29,6 +29,7 @@ from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.run import run_protocol
 from tlresearch.results import plots
+from tlresearch.results.predictions import check_class_names
 from tlresearch.results.provenance import provenance_record, write_provenance
 from tlresearch.results.run_predictions import record_predictions
 from tlresearch.results.wandb_report import report_and_finish
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     pl.seed_everything(seed, workers=True)
 
     datamodule = instantiate_node(cfg.data, "data")
+    check_class_names(datamodule.classes)  # predictions.csv must hold them: say so now, not after training
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
     datamodule.set_preprocessing(model.backbone.preprocessing)
     ckpt_path = resume_checkpoint(cfg, out_dir)
