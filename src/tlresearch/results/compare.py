@@ -89,8 +89,9 @@ def seed_values(table: Table, cell: Cell) -> tuple[dict[int, float], str]:
     by_seed: dict[int, list[Run]] = {}
     unseeded = []
     for run in cell.runs:
-        if metric_value(run, table.metric) is None:
-            continue
+        value = metric_value(run, table.metric)
+        if value is None or not math.isfinite(value):
+            continue  # no value (counted by the cell), or nan/inf: nothing to test
         seed = run_seed(run)
         if seed is None:
             unseeded.append(run)
@@ -140,10 +141,12 @@ def table_marks(table: Table, alpha: float = ALPHA) -> Marks:
         for key, cell in zip(keys, cells):
             values, problem = seed_values(table, cell)
             if problem:
-                marks.warnings.append(f"{label_text(table.row_keys + table.col_keys, key[0] + key[1])}: {problem}.")
+                where = label_text(table.row_keys + table.col_keys, key[0] + key[1]) or "all runs"
+                marks.warnings.append(f"{where}: {problem}.")
             seeded.append(SeedCell(values) if values else None)
         row_marks = mark_row(seeded, alpha=alpha, higher_is_better=table.higher_is_better)
-        marks.same |= {keys[i] for i in row_marks.same_as_best} - bold
+        if row_marks.best is not None and keys[row_marks.best] in bold:  # else runs left out moved the best: no claim
+            marks.same |= {keys[i] for i in row_marks.same_as_best} - bold
     return marks
 
 
