@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from tlresearch.results.predictions import Predictions, read_predictions
+from tlresearch.results.statistics import accuracy, mean_class_accuracy
 from tlresearch.runner.entry import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +54,22 @@ def truncate_file(path: Path) -> None:
     """Cut a file to half its size, as a copy interrupted mid-way leaves a JPEG (PIL then refuses it)."""
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])
+
+
+def check_predictions(run_dir: Path, metrics: dict, datamodule=None, split: str = "test") -> Predictions:
+    """``predictions.csv`` of a completed run: every image of ``datamodule``'s split once, in
+    dataset order, with its label (when given), and the metrics it implies are the run's
+    (accuracy and mean per-class accuracy from the CSV == ``<split>/acc`` and
+    ``<split>/mean_class_acc`` of metrics.json, whose 95% intervals bracket them)."""
+    predictions = read_predictions(run_dir / "predictions.csv")
+    assert len(set(predictions.paths)) == len(predictions.paths), "an image is listed twice"
+    if datamodule is not None:
+        samples = getattr(datamodule, "images", datamodule).dataset(split).samples
+        listed = [(path, predictions.class_names[label]) for path, label in zip(predictions.paths, predictions.labels)]
+        assert listed == [(s.rel, datamodule.classes[s.label]) for s in samples]
+    acc = accuracy(predictions.labels, predictions.predictions)
+    per_class = mean_class_accuracy(predictions.labels, predictions.predictions)
+    for key, value in ((f"{split}/acc", acc), (f"{split}/mean_class_acc", per_class)):
+        assert value == pytest.approx(metrics[key], abs=1e-6), key
+        assert metrics[f"{key}_ci_low"] <= value <= metrics[f"{key}_ci_high"], key
+    return predictions

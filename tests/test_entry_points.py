@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, compose_cfg, run_cli
+from tests.helpers import FAST, check_predictions, compose_cfg, run_cli
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.generate import generate_folder
 from tlresearch.evaluate import evaluate
 from tlresearch.predict import predict
 from tlresearch.train import train
@@ -26,31 +27,24 @@ def test_evaluate_reproduces_the_test_metrics_of_training(trained_run, pets_root
     trained = json.loads((trained_run / "metrics.json").read_text())
     cfg = compose_cfg("evaluate", [f"ckpt_path={trained['best_checkpoint']}", f"data.root={pets_root}",
                                    "data.num_workers=0", "trainer.enable_progress_bar=false"], tmp_path)
-    metrics, _ = evaluate(cfg)
+    metrics, objects = evaluate(cfg)
     assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert metrics["test/mean_class_acc"] == pytest.approx(trained["test/mean_class_acc"], abs=1e-6)
-    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics and metrics["status"] == "completed"
+    # Both runs list every test image once, by its path under the dataset root, with the same predictions.
+    at_training = check_predictions(trained_run, trained, objects["datamodule"])
+    evaluated = check_predictions(tmp_path, metrics, objects["datamodule"])
+    assert evaluated.predictions.tolist() == at_training.predictions.tolist()
+    for key in ("test/acc_ci_low", "test/acc_ci_high", "test/mean_class_acc_ci_low", "test/mean_class_acc_ci_high"):
+        assert metrics[key] == trained[key]  # same predictions, same seed: same interval
 
 
-def test_evaluate_refuses_a_dataset_with_other_classes(trained_run, pets_root, tmp_path):
+def test_evaluate_on_the_train_split_writes_its_predictions_in_dataset_order(trained_run, pets_root, tmp_path):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
-    cfg = compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.root={pets_root}", "data.target=species"], tmp_path)
-    with pytest.raises(ConfigError, match="predicts 6 classes.*has 2"):
-        evaluate(cfg)
-
-
-def test_predict_prints_top_k_with_probabilities(trained_run, pets_root, tmp_path, capsys):
-    images = sorted((pets_root / "oxford-iiit-pet" / "images").glob("*.jpg"))[:2]
-    cfg = compose_cfg("predict", [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
-                                  f"images=[{images[0]},{images[1]}]", "top_k=3"], tmp_path)
-    _, objects = predict(cfg)
-    preds = objects["predictions"]
-    assert len(preds) == 2
-    for top in preds.values():
-        probs = [d["prob"] for d in top]
-        assert len(top) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-    assert str(images[0]) in capsys.readouterr().out
-    assert json.loads((tmp_path / "predictions.json").read_text()) == preds
+    cfg = compose_cfg("evaluate", [f"ckpt_path={ckpt}", f"data.root={pets_root}", "split=train", "seed=3",
+                                   "data.num_workers=0", "trainer.enable_progress_bar=false"], tmp_path)
+    metrics, objects = evaluate(cfg)
+    check_predictions(tmp_path, metrics, objects["datamodule"], split="train")  # the train loader shuffles; this one may not
 
 
 @pytest.mark.parametrize(
@@ -91,3 +85,11 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, args, fragment, code):
     if code == 2:  # our own errors also mark the run as failed
         record = json.loads((tmp_path / "run" / "metrics.json").read_text())
         assert record["status"] == "failed" and fragment.split()[0] in record["error"]
+
+
+def test_class_names_predictions_csv_cannot_hold_are_refused_before_training(tmp_path):
+    root = generate_folder(tmp_path / "data", classes=["cat|dog", "bird"], images_per_class=5, min_size=48, max_size=64).root
+    cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={root}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"class_names=\['cat\|dog'\] is invalid: give distinct, non-empty names free of '\|'"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained

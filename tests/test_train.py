@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers import FAST, compose_cfg, truncate_file
+from tests.helpers import FAST, check_predictions, compose_cfg, truncate_file
 from tests.probes import BlockChangeProbe
 from tlresearch.data.generate import generate_folder
 from tlresearch.train import train
@@ -19,7 +19,8 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def check_run_dir(run_dir: Path, metrics: dict, num_classes: int) -> None:
+def check_run_dir(run_dir: Path, metrics: dict, datamodule) -> None:
+    num_classes = datamodule.num_classes
     on_disk = read_metrics(run_dir)
     assert on_disk["status"] == "completed"
     assert on_disk == json.loads(json.dumps(metrics))
@@ -38,6 +39,7 @@ def check_run_dir(run_dir: Path, metrics: dict, num_classes: int) -> None:
     confusion = json.loads((run_dir / "confusion_matrix.json").read_text())
     assert len(confusion["classes"]) == num_classes
     assert sum(map(sum, confusion["matrix"])) > 0
+    check_predictions(run_dir, on_disk, datamodule)
 
 
 @pytest.mark.slow
@@ -49,7 +51,7 @@ def test_train_end_to_end_on_each_datamodule(data, root_fixture, num_classes, re
     root = request.getfixturevalue(root_fixture)
     cfg = compose_cfg("train", [*FAST, f"data={data}", f"data.root={root}"], tmp_path)
     metrics, objects = train(cfg)
-    check_run_dir(tmp_path, metrics, objects["datamodule"].num_classes)
+    check_run_dir(tmp_path, metrics, objects["datamodule"])
     if num_classes:
         assert objects["datamodule"].num_classes == num_classes
 

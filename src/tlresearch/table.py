@@ -5,6 +5,8 @@ Examples::
     python -m tlresearch.table multirun/2024-05-01/12-00-00
     python -m tlresearch.table multirun/ --rows backbone --cols finetune --format latex
     python -m tlresearch.table outputs/ --metric test/acc --plot acc.png --show-runs
+    python -m tlresearch.table multirun/ --rows backbone --cols finetune --ci
+    python -m tlresearch.table multirun/ --rows backbone --cols finetune --compare linear_probe full
 
 The table goes to stdout; warnings (e.g. runs with different settings averaged together)
 and errors go to stderr. A user mistake (no runs, unknown metric or key) exits with status 2
@@ -20,6 +22,8 @@ from collections.abc import Sequence
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.results.aggregate import DEFAULT_METRIC, build_table
+from tlresearch.results.compare import compare_columns, find_column, table_marks
+from tlresearch.results.compare_formats import render_comparison
 from tlresearch.results.formats import FORMATS, render
 from tlresearch.results.plots import plot_table
 from tlresearch.results.records import find_runs
@@ -30,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tlresearch.table",
         description="Tabulate a metric over run directories: one cell per (row, column) setting, "
-                    "mean ± sample std over its runs (seeds), failed and missing runs counted.",
+                    "mean ± sample std over its runs (seeds) or mean [95% interval], failed and missing runs "
+                    "counted; the best cell of each row in bold, † on the cells not significantly different "
+                    "from it (paired t-test across seeds).",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="run directories, sweep directories (multirun/DATE/TIME) or folders holding them")
@@ -49,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--goal", choices=("max", "min"), default=None,
                         help="which mean is best (bold); default: min for losses/errors/times, else max")
     parser.add_argument("--decimals", type=int, default=None, help="digits after the decimal point")
+    parser.add_argument("--ci", action="store_true",
+                        help="cells as mean [95%% interval]: with n >= 2 runs Student's t-interval over the seeds, "
+                             "with one run its bootstrap interval over test images (metrics.json <metric>_ci_low/high)")
+    parser.add_argument("--compare", nargs=2, metavar=("COL_A", "COL_B"), default=None,
+                        help="after the table, per row: B - A, the paired t-test across seeds and McNemar's exact "
+                             "test on the pooled per-image test predictions (predictions.csv); a column is named by "
+                             "its value(s) (full) or its header (finetune=full); with --format csv only this comparison "
+                             "is printed")
     return parser
 
 
@@ -73,9 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         table = build_table(runs, metric=args.metric, rows=args.rows, cols=args.cols, percent=args.percent,
                             goal=args.goal, decimals=args.decimals)
-        for message in table.warnings:
+        comparison = None
+        if args.compare:
+            col_a, col_b = (find_column(table, name) for name in args.compare)
+            comparison = (compare_columns(table, col_a, col_b), col_a, col_b)
+        marks = table_marks(table)
+        for message in [*table.warnings, *marks.warnings]:
             print(f"warning: {message}", file=sys.stderr)
-        sys.stdout.write(render(table, args.format, show_runs=args.show_runs))
+        if comparison is None or args.format != "csv":  # one CSV per output: with --compare, the comparison's
+            sys.stdout.write(render(table, args.format, show_runs=args.show_runs, ci=args.ci, marks=marks))
+        if comparison is not None:
+            sys.stdout.write(("" if args.format == "csv" else "\n") + render_comparison(table, *comparison, args.format, ci=args.ci))
         if args.plot:
             print(f"wrote {plot_table(table, args.plot)}", file=sys.stderr)
     except ConfigError as exc:

@@ -2,7 +2,7 @@
 
 :func:`train` is the pure task (config in, metrics and objects out); :func:`main` is the thin
 Hydra wrapper. After fitting, the best checkpoint is tested and the run directory receives
-``metrics.json``, ``provenance.json``, ``checkpoints/`` and PNG plots.
+``metrics.json``, ``predictions.csv``, ``provenance.json``, ``checkpoints/`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.run import run_protocol
 from tlresearch.results import plots
+from tlresearch.results.predictions import check_class_names
 from tlresearch.results.provenance import provenance_record, write_provenance
+from tlresearch.results.run_predictions import record_predictions
 from tlresearch.results.wandb_report import report_and_finish
 from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.runner.entry import config_dir, run_task
@@ -51,6 +53,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     pl.seed_everything(seed, workers=True)
 
     datamodule = instantiate_node(cfg.data, "data")
+    check_class_names(datamodule.classes)  # predictions.csv must hold them: say so now, not after training
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
     datamodule.set_preprocessing(model.backbone.preprocessing)
     ckpt_path = resume_checkpoint(cfg, out_dir)
@@ -205,7 +208,10 @@ def test_best(trainer: pl.Trainer, model: TransferClassifier, datamodule, callba
 
 @rank_zero_only
 def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], model: TransferClassifier, datamodule) -> None:
-    """metrics.json, the confusion matrix and the plots; then say where they are."""
+    """predictions.csv (every test image), metrics.json (with the intervals of the test accuracies
+    over those images), the confusion matrix and the plots; then say where they are."""
+    if model.test_predictions is not None:
+        metrics.update(record_predictions(out_dir, model.test_predictions, datamodule, list(datamodule.classes), seed=cfg.seed))
     write_json_atomic(out_dir / "metrics.json", metrics)
     csv = out_dir / "csv" / "metrics.csv"
     if csv.is_file():
@@ -214,7 +220,11 @@ def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], m
         matrix = model.test_confusion_matrix.tolist()
         write_json_atomic(out_dir / "confusion_matrix.json", {"classes": list(datamodule.classes), "matrix": matrix})
         plots.plot_confusion_matrix(model.test_confusion_matrix.numpy(), list(datamodule.classes), out_dir / "confusion_matrix.png")
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))
+    def shown(key: str, value: float) -> str:  # the value, with its 95% interval when there is one
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        return f"{key}={value:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else "")
+
+    summary = ", ".join(shown(k, v) for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float) and "_ci_" not in k)
     print(f"\nTest: {summary or 'not run'}\nRun directory: {out_dir.resolve()}\nMetrics: {(out_dir / 'metrics.json').resolve()}")
 
 

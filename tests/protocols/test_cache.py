@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -13,14 +14,17 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from tests.helpers import FAST, compose_cfg, run_cli
+from tests.helpers import FAST, check_predictions, compose_cfg, run_cli
 from tlresearch.core.instantiate import instantiate_node
+from tlresearch.data.generate import generate_folder
 from tlresearch.data.gpu_decode import device_decoded_batches
 from tlresearch.data.images import ImageListDataset, Sample
 from tlresearch.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from tlresearch.evaluate import evaluate
 from tlresearch.protocols.cached_data import CachedFeatureDataModule
 from tlresearch.protocols.epoch_loop import cache_decision
 from tlresearch.protocols.features import FeatureCache, FeatureSpec, extract_features, feature_key, load_or_extract, module_digest
+from tlresearch.results.predictions import read_predictions
 from tlresearch.train import build_classifier, train
 
 PROBE = [*FAST, "finetune=linear_probe", "data.augment.enabled=false", "data.val_per_class=2"]
@@ -243,8 +247,10 @@ def test_cached_datamodule_serves_the_image_loaders_batches(folder_root, tmp_pat
 
 
 @pytest.mark.slow
-def test_ddp_ranks_extract_shards_that_merge_into_the_single_process_features(folder_root, tmp_path):
-    probe = [*FAST, "data=folder", f"data.root={folder_root}", "finetune=linear_probe", "data.augment.enabled=false",
+def test_ddp_ranks_extract_shards_that_merge_into_the_single_process_features(tmp_path):
+    # 3 test images on 2 ranks: the test loop's sampler repeats one, predictions.csv must not.
+    generated = generate_folder(tmp_path / "data", classes=3, images_per_class=5, min_size=48, max_size=64, seed=0)
+    probe = [*FAST, "data=folder", f"data.root={generated.root}", "finetune=linear_probe", "data.augment.enabled=false",
              "trainer.max_epochs=1"]
     ddp = run_cli(
         "tlresearch.train", *probe, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}",
@@ -255,6 +261,18 @@ def test_ddp_ranks_extract_shards_that_merge_into_the_single_process_features(fo
     # Rank 0 made the checkpoints whole before rank 1 tested the best one.
     assert not list((tmp_path / "ddp" / "checkpoints").glob("frozen-*.pt"))
     train(compose_cfg("train", [*probe, f"paths.cache_dir={tmp_path / 'single-cache'}"], tmp_path / "single"))
+    # predictions.csv of the DDP run == evaluating its checkpoint in one process: each test image once.
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    eval_cfg = compose_cfg("evaluate", [f"ckpt_path={ddp_metrics['best_checkpoint']}", "data=folder", f"data.root={generated.root}",
+                                        "data.num_workers=0", "trainer.enable_progress_bar=false"], tmp_path / "eval")
+    evaluated, objects = evaluate(eval_cfg)
+    assert len(objects["datamodule"].dataset("test")) == 3
+    by_ddp = check_predictions(tmp_path / "eval", evaluated, objects["datamodule"])
+    alone = read_predictions(tmp_path / "ddp" / "predictions.csv")
+    assert (alone.paths, alone.labels.tolist(), alone.predictions.tolist()) == (by_ddp.paths, by_ddp.labels.tolist(),
+                                                                                by_ddp.predictions.tolist())
+    for key in ("test/acc_ci_low", "test/acc_ci_high", "test/mean_class_acc_ci_low", "test/mean_class_acc_ci_high"):
+        assert ddp_metrics[key] == evaluated[key]  # the same 3 predictions, the same seed
 
     def stored(cache: Path) -> dict[str, torch.Tensor]:
         return {p.name: torch.load(p, weights_only=True)["features"] for p in (cache / "features").glob("*.pt")}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import FAST, compose_cfg
+from tests.helpers import FAST, check_predictions, compose_cfg
 from tlresearch.core.errors import ConfigError
 from tlresearch.data.pets import OxfordPetsDataModule
 from tlresearch.evaluate import evaluate
@@ -108,6 +108,7 @@ def test_logistic_run_writes_the_usual_records_and_a_loadable_checkpoint(pets_ro
     path = json.loads((tmp_path / "run" / "logistic_path.json").read_text())
     assert len(path["points"]) == 5 and math.isclose(path["points"][path["chosen_index"]]["l2"], on_disk["logistic/l2"])
     assert (tmp_path / "run" / "confusion_matrix.png").is_file() and (tmp_path / "run" / "training_curves.png").is_file()
+    check_predictions(tmp_path / "run", on_disk, objects["datamodule"])  # every test image, as test/acc counted them
 
     # The checkpoint is a TransferClassifier with the fitted head: evaluating it on the images
     # (the backbone runs again, no cache) reproduces the test accuracy of the cached features.

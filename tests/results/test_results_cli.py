@@ -18,7 +18,7 @@ from tlresearch.table import main
 def test_markdown_to_stdout(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(sweep_dir), "--rows", "backbone", "--cols", "finetune"]) == 0
     out, err = capsys.readouterr()
-    assert "| resnet50 | 90.5 ± 0.7 (n=2, 1 failed) | **82.0 ± 2.0** (n=3) |" in out
+    assert "| resnet50 | **90.5 ± 0.7** (n=2, 1 failed) | 82.0 ± 2.0 (n=3) |" in out  # the best of its row in bold
     assert "| vgg16 | no result (n=0/3: 2 failed, 1 interrupted) | 70.0 ± – (n=1, 2 missing) |" in out
     assert err == ""
 

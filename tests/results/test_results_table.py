@@ -74,11 +74,13 @@ def test_markdown_cell_by_cell(table: Table) -> None:
     text = render(table, "markdown")
     cells = markdown_cells(text)
     assert cells == {
-        # 80, 82, 84 -> mean 82, sample std 2; the best of its column (vs 70.0) in bold
-        ("resnet50", "finetune=linear_probe"): "**82.0 ± 2.0** (n=3)",
-        # 90, 91 (+ 1 failed) -> 90.5 ± 0.707; only value in its column: no bold
-        ("resnet50", "finetune=full"): "90.5 ± 0.7 (n=2, 1 failed)",
-        # one value: std undefined, shown as "–"; one dir without metrics.json + one absent dir
+        # 80, 82, 84 -> mean 82, sample std 2; below full in its row (paired by seeds 0 and 1:
+        # differences -10 and -9, p = 0.03): neither bold nor marked
+        ("resnet50", "finetune=linear_probe"): "82.0 ± 2.0 (n=3)",
+        # 90, 91 (+ 1 failed) -> 90.5 ± 0.707; the best of its row in bold
+        ("resnet50", "finetune=full"): "**90.5 ± 0.7** (n=2, 1 failed)",
+        # one value: std undefined, shown as "–"; one dir without metrics.json + one absent dir;
+        # the only value of its row: no bold
         ("vgg16", "finetune=linear_probe"): "70.0 ± – (n=1, 2 missing)",
         ("vgg16", "finetune=full"): "no result (n=0/3: 2 failed, 1 interrupted)",
     }
@@ -119,15 +121,16 @@ def test_single_failed_cell_and_mixed_cell_warning(sweep_dir: Path, fake: Any) -
 def test_latex(table: Table) -> None:
     text = render(table, "latex")
     body = [line for line in text.splitlines() if not line.startswith("%")]
-    assert body[0] == r"\begin{tabular}{lcc}" and body[1] == r"\toprule" and body[-2:] == [r"\bottomrule",
-                                                                                           r"\end{tabular}"]
+    assert body[0] == r"\begin{tabular}{lcc}" and body[1] == r"\toprule" and body[-3:-1] == [r"\bottomrule",
+                                                                                             r"\end{tabular}"]
+    assert body[-1].startswith(r"\par{\footnotesize Bold = highest mean per row; $^\dagger$ = not significantly")
     assert r"\midrule" in body
     assert body[2] == r"backbone & finetune=full & finetune=linear\_probe \\"
-    assert body[4] == (r"resnet50 & 90.5 $\pm$ 0.7 {\footnotesize (n=2, 1 failed)} & "
-                       r"\textbf{82.0 $\pm$ 2.0} \\")
+    assert body[4] == (r"resnet50 & \textbf{90.5 $\pm$ 0.7} {\footnotesize (n=2, 1 failed)} & "
+                       r"82.0 $\pm$ 2.0 \\")
     assert body[5] == (r"vgg16 & no result (n=0/3: 2 failed, 1 interrupted) & "
                        r"70.0 $\pm$ -- {\footnotesize (n=1, 2 missing)} \\")
-    for line in body:
+    for line in body[:-1]:
         assert not re.search(r"(?<!\\)[_%#$]", line.replace("$\\pm$", "")), line  # every special escaped
 
 
@@ -172,15 +175,15 @@ def test_percent_goal_and_decimals(sweep_dir: Path) -> None:
     raw = build_table(runs, METRIC, rows=["backbone"], cols=["finetune"], percent=False)
     assert not raw.percent and raw.decimals == 4
     assert markdown_cells(render(raw, "markdown"))[("resnet50", "finetune=linear_probe")] == \
-        "**0.8200 ± 0.0200** (n=3)"
+        "0.8200 ± 0.0200 (n=3)"
     loss = build_table(runs, "test/loss", rows=["backbone"], cols=["finetune"])
     assert not loss.percent and not loss.higher_is_better
     cells = markdown_cells(render(loss, "markdown"))
-    assert cells[("resnet50", "finetune=linear_probe")] == "**0.1800 ± 0.0200** (n=3)"  # the lowest loss is best
+    assert cells[("resnet50", "finetune=full")] == "**0.0950 ± 0.0071** (n=2, 1 failed)"  # the lowest loss is best
+    assert cells[("resnet50", "finetune=linear_probe")] == "0.1800 ± 0.0200 (n=3)"
     assert cells[("vgg16", "finetune=linear_probe")] == "0.3000 ± – (n=1, 2 missing)"
     fixed = build_table(runs, METRIC, rows=["backbone"], cols=["finetune"], decimals=2, goal="min")
-    assert markdown_cells(render(fixed, "markdown"))[("vgg16", "finetune=linear_probe")] == \
-        "**70.00 ± –** (n=1, 2 missing)"
+    assert markdown_cells(render(fixed, "markdown"))[("resnet50", "finetune=linear_probe")] == "**82.00 ± 2.00** (n=3)"
     forced = build_table(runs, "time/fit_s", rows=["backbone"], percent=True)
     assert not forced.percent and forced.warnings
 
@@ -193,14 +196,15 @@ def test_metric_name_heuristics() -> None:
 
 
 def test_ties_are_all_bold_and_empty_combinations_shown(tmp_path: Path, fake: Any) -> None:
-    for name, (backbone, finetune, acc) in {"a": ("resnet50", "full", 0.9), "b": ("vgg16", "full", 0.9),
-                                            "c": ("vgg16", "linear_probe", 0.5)}.items():
+    for name, (backbone, finetune, acc) in {"a": ("resnet50", "full", 0.9), "b": ("resnet50", "linear_probe", 0.9),
+                                            "c": ("vgg16", "full", 0.5)}.items():
         fake.write_run(tmp_path / name, fake.make_config(backbone, finetune), [f"backbone={backbone}",
                        f"finetune={finetune}"], {"backbone": backbone, "finetune": finetune}, fake.completed(acc))
     table = build_table(find_runs([tmp_path]), METRIC, rows=["backbone"], cols=["finetune"])
     cells = markdown_cells(render(table, "markdown"))
-    assert cells[("resnet50", "finetune=full")] == cells[("vgg16", "finetune=full")] == "**90.0 ± –** (n=1)"
-    assert cells[("resnet50", "finetune=linear_probe")] == "—"  # never run: an empty cell
+    assert cells[("resnet50", "finetune=full")] == cells[("resnet50", "finetune=linear_probe")] == "**90.0 ± –** (n=1)"
+    assert cells[("vgg16", "finetune=full")] == "50.0 ± – (n=1)"  # the only value of its row: no bold
+    assert cells[("vgg16", "finetune=linear_probe")] == "—"  # never run: an empty cell
     assert render(table, "latex").count("--") >= 1
     assert len(list(csv.DictReader(io.StringIO(render(table, "csv"))))) == 3  # the empty cell is not a CSV row
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import FAST, run_cli
+from tests.helpers import FAST, check_predictions, run_cli
 from tests.sweeps.wandb_records import OfflineRun, offline_runs
 from tlresearch.table import main as table_main
 
@@ -60,10 +60,12 @@ def test_every_grid_point_runs_in_its_own_directory_and_the_failure_is_recorded(
             assert record["status"] == "failed"
             assert record["error"] == f"PlantedFailure: planted failure for {FAILING[0]}-{FAILING[1]}"
             assert "Traceback" in record["traceback"]
+            assert not (job / "predictions.csv").exists()
         else:
             assert record["status"] == "completed", record
             assert 0.0 <= record["test/mean_class_acc"] <= 1.0
             assert (job / "confusion_matrix.png").is_file() and (job / "training_curves.png").is_file()
+            check_predictions(job, record)
 
 
 @pytest.mark.slow

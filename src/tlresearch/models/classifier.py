@@ -27,6 +27,7 @@ from tlresearch.finetune.base import FreezeSchedule, GroupSpec
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
+from tlresearch.models.predictions import Record, TestPredictions
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,11 @@ class TransferClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: torch.Tensor | None = None
-        # The last test's per-sample predictions (this rank's share): {"probs", "labels",
-        # "indices" into the test dataset}; read by the W&B report (results/wandb_report.py).
-        self.test_predictions: dict[str, torch.Tensor] | None = None
-        self._test_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The last test's per-image predictions, every rank's gathered (models/predictions.py):
+        # {"probs", "labels", "indices" into the test dataset}; predictions.csv, the intervals of
+        # metrics.json and the W&B report read them (results/run_predictions.py).
+        self.test_predictions: Record | None = None
+        self._test_collector = TestPredictions()
         # Compiled lazily into a plain attribute, so state_dict keys stay those of the
         # uncompiled backbone and checkpoints load with or without compilation.
         object.__setattr__(self, "_backbone_fn", torch.compile(self.backbone) if compile else self.backbone)
@@ -237,7 +239,7 @@ class TransferClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self._eval_step(batch, self.test_metrics, self.test_loss, "test")
         self.test_confusion.update(logits, batch[1])
-        self._test_batches.append((logits.detach().float().softmax(dim=-1).cpu(), batch[1].detach().cpu()))
+        self._test_collector.add(logits, batch[1])
 
     def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric, stage: str) -> torch.Tensor:
         x, y = batch
@@ -250,20 +252,11 @@ class TransferClassifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
-        self._test_batches = []
+        self._test_collector.reset()
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self.test_confusion.compute().cpu()
-        if self._test_batches:
-            probs = torch.cat([p for p, _ in self._test_batches])
-            # The test loader does not shuffle; under DDP, rank r holds samples r, r + W, r + 2W...
-            # (DistributedSampler without shuffling; padding repeats the first samples).
-            world, rank = self.trainer.world_size, self.trainer.global_rank
-            indices = torch.arange(len(probs)) * world + rank
-            if (length := _dataset_length(self.trainer)) > 0:
-                indices %= length
-            self.test_predictions = {"probs": probs, "labels": torch.cat([y for _, y in self._test_batches]), "indices": indices}
-        self._test_batches = []
+        self.test_predictions = self._test_collector.record(self, self.hparams.num_classes, _dataset_length(self.trainer))
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -118,8 +118,9 @@ def confusion_matrix(solution: LinearSolution, x: torch.Tensor, y: torch.Tensor,
 
 
 def prediction_record(solution: LinearSolution, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image probabilities in test-loader order, as the classifier's test loop records them
-    (the W&B predictions table reads them)."""
+    """Per-image probabilities in test-dataset order, as the classifier's test loop records them
+    (models/predictions.py): the train task writes predictions.csv and the intervals of
+    metrics.json from it, and the W&B predictions table reads it."""
     return {"probs": solution.logits(x).softmax(-1).cpu(), "labels": y.cpu(), "indices": torch.arange(len(y))}
 
 

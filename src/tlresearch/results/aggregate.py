@@ -17,7 +17,10 @@ Choices made here (they show up in every table, so they are stated once):
   [0, 1] are shown as percentages with one decimal; ``percent=False`` turns this off,
   ``percent=True`` forces it for any metric in [0, 1].
 * "Best" is the highest mean, except for metrics named like a loss, error or time (lowest);
-  ties at the displayed precision are all bold. A column with a single value has no bold.
+  the best cell of each row is bold (of the column, in a one-column table), ties at the
+  displayed precision all of them, and a row with a single value has none
+  (:func:`~tlresearch.results.compare.table_marks`, which also marks the cells not
+  significantly different from the best).
 """
 
 from __future__ import annotations
@@ -104,15 +107,6 @@ class Table:
         if value is None:
             return "–"
         return f"{value:.{self.decimals}f}"
-
-    def best_rows(self, col: Label = ()) -> set[Label]:
-        """The rows whose mean is best in ``col`` at the displayed precision (ties: all of them)."""
-        means = {row: round(c.mean, self.decimals) for row in self.rows
-                 if (c := self.cells[(row, col)]).mean is not None and math.isfinite(c.mean)}
-        if len(means) < 2:
-            return set()
-        best = max(means.values()) if self.higher_is_better else min(means.values())
-        return {row for row, m in means.items() if m == best}
 
     @property
     def unit(self) -> str:

@@ -94,6 +94,11 @@ def format_label(value: Any) -> str:
     return str(value)
 
 
+def label_text(keys: Sequence[str], label: Label) -> str:
+    """A label as shown in headers and messages: ``backbone=resnet50, finetune=full``."""
+    return ", ".join(f"{k}={format_label(v)}" for k, v in zip(keys, label))
+
+
 def _safe_value(run: Run, key: str) -> Any:
     try:
         return run.value(key)

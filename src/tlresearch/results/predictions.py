@@ -44,6 +44,13 @@ class Predictions:
         return self.labels == self.predictions
 
 
+def check_class_names(class_names: Sequence[str]) -> None:
+    """Refuse class names that ``predictions.csv`` cannot hold: empty, repeated, or containing
+    :data:`TOP5_SEPARATOR`. The train task checks them before training, not after."""
+    bad = sorted(n for n, count in Counter(str(n) for n in class_names).items() if not n or TOP5_SEPARATOR in n or count > 1)
+    require(not bad, "class_names", bad, f"give distinct, non-empty names free of {TOP5_SEPARATOR!r} (rename those class folders).")
+
+
 def write_predictions(path: str | os.PathLike, image_paths: Sequence[str | os.PathLike], labels: Sequence[int] | np.ndarray,
                       probabilities: np.ndarray, class_names: Sequence[str]) -> Path:
     """Write ``predictions.csv`` atomically: per image its ``path``, ``label`` and ``prediction``
@@ -63,8 +70,7 @@ def write_predictions(path: str | os.PathLike, image_paths: Sequence[str | os.Pa
     if len(set(lengths.values())) > 1:
         raise ConfigError(f"Mismatched lengths {lengths}: give one entry per test image in each.")
     require(probs.shape[1] == len(names), "class_names", f"{len(names)} names", f"give one name per column ({probs.shape[1]}).")
-    bad = sorted(n for n, count in Counter(names).items() if not n or TOP5_SEPARATOR in n or count > 1)
-    require(not bad, "class_names", bad, f"give distinct, non-empty names free of {TOP5_SEPARATOR!r}.")
+    check_class_names(names)
     ok = np.isfinite(probs).all() and probs.min() >= 0 and probs.max() <= 1 and np.allclose(probs.sum(1), 1, atol=1e-2)
     require(bool(ok), "probabilities", "values that are not probabilities",
             "give softmax outputs (rows in [0, 1] summing to 1), not logits.")

@@ -38,6 +38,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from tlresearch.core.config import is_number
 from tlresearch.data.images import load_rgb
+from tlresearch.results.run_predictions import split_samples
 
 # ``wandb`` itself is imported inside the functions that build W&B objects: it takes more than a
 # second to import, and every run imports this module, with a W&B logger or without.
@@ -211,7 +212,7 @@ def predictions_table(predictions: Mapping[str, torch.Tensor], datamodule: Any, 
 
     columns = ["image", "file", "index", "label", "prediction", "confidence", "p_label", "correct"]
     table = wandb.Table(columns=columns)
-    samples = test_samples(datamodule)
+    samples = split_samples(datamodule)
     for row in ranked_predictions(predictions, limit):
         sample = samples[row["index"]] if samples is not None else None
         table.add_data(
@@ -221,22 +222,6 @@ def predictions_table(predictions: Mapping[str, torch.Tensor], datamodule: Any, 
             row["confidence"], row["p_label"], row["correct"],
         )
     return table
-
-
-def test_samples(datamodule: Any) -> Sequence[Any] | None:
-    """The test split's samples (``path``, ``rel``), in test-loader order: from the datamodule,
-    or from the image datamodule behind a feature-cache datamodule (``.images``); None if unknown."""
-    for candidate in (datamodule, getattr(datamodule, "images", None)):
-        dataset = getattr(candidate, "dataset", None)
-        if not callable(dataset):
-            continue
-        try:
-            samples = getattr(dataset("test"), "samples", None)
-        except Exception:  # noqa: BLE001 - not an image datamodule: try the next candidate
-            continue
-        if samples is not None:
-            return samples
-    return None
 
 
 def _thumbnail(path: str, size: int) -> Any:
