@@ -102,3 +102,33 @@ class CheckpointFolderProbe(pl.Callback):
         folder = trainer.checkpoint_callback.dirpath
         self.files[trainer.current_epoch] = sorted(os.listdir(folder))
         self.last[trainer.current_epoch] = torch.load(os.path.join(folder, "last.ckpt"), map_location="cpu", weights_only=True)
+
+
+class OptimizerProbe(pl.Callback):
+    """Records, before each optimizer step, every param group's LR and the optimizer's state
+    step count of its first parameter (``None``: no state, as in a new optimizer), and the
+    backbone's parameters at the start of fit and at the end of each epoch."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, dict[str, float]] = {}
+        self.state_steps: dict[int, dict[str, int | None]] = {}
+        self.backbone: dict[str, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def _snapshot(pl_module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in pl_module.backbone.model.named_parameters()}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.backbone["start"] = self._snapshot(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        optimizer = trainer.optimizers[0]
+        step = trainer.global_step
+        self.lrs[step] = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        self.state_steps[step] = {
+            g["name"]: (int(s["step"]) if (s := optimizer.state.get(g["params"][0])) and "step" in s else None)
+            for g in optimizer.param_groups
+        }
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.backbone[f"epoch{trainer.current_epoch}"] = self._snapshot(pl_module)

@@ -11,6 +11,7 @@ import torchvision
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.models.backbones import create_backbone
+from tlresearch.models.torchvision_backbones import create_backbone as torchvision_backbone
 from tlresearch.runner.entry import config_dir
 
 TORCHVISION_CONFIGS = sorted(p.stem for p in (config_dir() / "backbone").glob("*.yaml") if not p.stem.startswith("_") and p.stem != "timm")
@@ -108,3 +109,16 @@ def test_corrupt_cached_weights_say_delete_the_file():
     _hub_file(weights).write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="could not be read.*Delete the file"):
         create_backbone("squeezenet1_0", weights="DEFAULT")
+
+
+def test_cut_classifier_puts_the_head_on_vggs_conv_features():
+    """``backbone.cut=classifier``: VGG's whole classifier goes (no fc6/fc7, no dropout), as the
+    AI-for-Beginners lesson's ``vgg.classifier = Linear(25088, 2)``."""
+    cut = torchvision_backbone("vgg16", weights=None, input_size=32, cut="classifier")
+    assert cut.num_features == 25088 and cut.pretrained_head is None
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Dropout)) for m in cut.model.modules())
+    assert cut.model(torch.zeros(1, 3, 32, 32)).shape == (1, 25088)
+    with pytest.raises(ConfigError, match=r"backbone\.cut='classifier' is invalid: resnet18 has no `classifier`"):
+        torchvision_backbone("resnet18", weights=None, cut="classifier")
+    with pytest.raises(ConfigError, match=r"backbone\.cut='head'"):
+        torchvision_backbone("resnet18", weights=None, cut="head")

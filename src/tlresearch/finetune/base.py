@@ -8,6 +8,13 @@ configured schedule, and a checkpoint restores the whole optimizer state. Which 
 train is a pure function of the epoch, so resuming from a checkpoint restores the
 schedule's state with the epoch counter.
 
+Stages: the schedule's run is a sequence of :class:`Stage` s (:meth:`FreezeSchedule.stages`).
+Each says, from its first epoch on, which groups train and at which LR scale, and whether the
+optimizer starts afresh (its per-parameter state, e.g. Adam's moments, cleared) as a new
+optimizer would. Most schedules never change a group's LR once it trains: their stages are
+derived from the groups. ``finetune/stages.py`` spells the stages out (a recipe that calls its
+training function twice with a new optimizer and another LR, as the AI-for-Beginners lesson).
+
 BatchNorm policy: a block that is frozen runs in eval mode as a whole (BatchNorm uses and
 never updates its running statistics, dropout is off): a frozen block is a fixed feature
 extractor, exactly what a feature cache would store.
@@ -22,6 +29,7 @@ schedule never imports a protocol (this package imports only ``tlresearch.core``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -41,6 +49,18 @@ class GroupSpec:
 
     def trains_at(self, epoch: int) -> bool:
         return self.start_epoch is not None and epoch >= self.start_epoch
+
+
+@dataclass(frozen=True)
+class Stage:
+    """From ``start_epoch`` until the next stage starts, the groups named in ``lr_scales`` train at
+    ``optimizer.lr`` x their scale; every other group is frozen. ``restart_optimizer``: when the
+    stage begins, the optimizer's per-parameter state (momentum buffers, Adam's moments and step
+    counts) is cleared, as if a new optimizer were built."""
+
+    start_epoch: int
+    lr_scales: Mapping[str, float]
+    restart_optimizer: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,12 @@ class FreezeSchedule:
 
     def backbone_groups(self, blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         raise NotImplementedError
+
+    def stages(self, groups: list[GroupSpec]) -> list[Stage]:
+        """The run's stages, in epoch order, the first at epoch 0. By default one stage per epoch at
+        which a group starts training, every training group at its own ``lr_scale``, no restart."""
+        starts = sorted({0, *(g.start_epoch for g in groups if g.start_epoch is not None)})
+        return [Stage(s, {g.name: g.lr_scale for g in groups if g.trains_at(s)}) for s in starts]
 
     def protocol(self) -> ProtocolSettings:
         """How a run with this schedule trains: the epoch loop, with the feature cache where it

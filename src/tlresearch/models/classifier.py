@@ -23,7 +23,8 @@ from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
 from tlresearch.core.config import check_argument_types, check_choice, is_int, is_number, require
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.instantiate import instantiate_node
-from tlresearch.finetune.base import FreezeSchedule, GroupSpec
+from tlresearch.finetune.base import FreezeSchedule, GroupSpec, Stage
+from tlresearch.finetune.stages import NO_DECAY, enter_stage, stage_index
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
@@ -105,6 +106,7 @@ class TransferClassifier(pl.LightningModule):
         self.schedule: FreezeSchedule = instantiate_node(finetune, "finetune")
         block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
         self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
+        self.stages: list[Stage] = self.schedule.stages(self.groups)
         self._group_blocks: dict[str, Block] = {f"backbone.{b.name}": b for b in self.backbone.blocks}
         self._trainable_now: set[str] = set()
         self.apply_schedule(epoch=0)
@@ -136,17 +138,25 @@ class TransferClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ freeze schedule
 
     def apply_schedule(self, epoch: int) -> list[str]:
-        """Set ``requires_grad`` and train/eval modes for ``epoch``; return the groups that
-        started training now."""
+        """Apply the stage in force at ``epoch``: ``requires_grad``, train/eval modes and, once the
+        optimizer exists, each group's LR and the optimizer restart (``finetune/stages.py``:
+        idempotent, so a resumed run continues the stage). Return what changed, for the log."""
+        stage = self.stages[stage_index(self.stages, epoch)]
         newly = []
         for g in self.groups:
-            trains = g.trains_at(epoch)
+            trains = g.name in stage.lr_scales
             for p in g.params:
                 p.requires_grad_(trains)
             if trains and g.name not in self._trainable_now:
-                newly.append(g.name)
+                newly.append(f"unfreezing {g.name}")
                 self._trainable_now.add(g.name)
         self.train(self.training)  # re-apply the BatchNorm policy
+        trainer = self._trainer
+        if trainer is not None and trainer.optimizers:
+            configs = trainer.lr_scheduler_configs
+            lr = float(self.hparams.optimizer["lr"])
+            newly += enter_stage(trainer.optimizers[0], configs[0].scheduler if configs else None, self.stages,
+                                 stage_index(self.stages, epoch), lr)
         return newly
 
     @property
@@ -172,9 +182,9 @@ class TransferClassifier(pl.LightningModule):
         self.apply_schedule(self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
-        newly = self.apply_schedule(self.current_epoch)
-        if newly and self.current_epoch > 0:
-            log.info("epoch %d: unfreezing %s", self.current_epoch, ", ".join(newly))
+        changes = self.apply_schedule(self.current_epoch)
+        if changes and self.current_epoch > 0:
+            log.info("epoch %d: %s", self.current_epoch, ", ".join(changes))
 
     def frozen_state_keys(self) -> list[str]:
         """The state_dict keys of the backbone blocks frozen now. Frozen blocks never change (no
@@ -287,7 +297,7 @@ class TransferClassifier(pl.LightningModule):
                 decay = [p for p in g.params if p.ndim > 1]
                 no_decay = [p for p in g.params if p.ndim <= 1]
                 out += [{"params": decay, "lr": lr, "name": g.name}] if decay else []
-                out += [{"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{g.name}.no_decay"}] if no_decay else []
+                out += [{"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{g.name}{NO_DECAY}"}] if no_decay else []
             else:
                 out.append({"params": g.params, "lr": lr, "name": g.name})
         return out

@@ -13,13 +13,19 @@ import re
 import torchvision
 from torch import nn
 
+from tlresearch.core.config import check_choice, require
 from tlresearch.core.errors import ConfigError, suggest
 from tlresearch.data.transforms import Preprocessing
 from tlresearch.models.backbone import Backbone, Block, apply_input_size, call_with_download_errors, wants_pretrained
 
+#: Where the new head goes: after every pretrained layer but the last Linear, or in place of the
+#: model's whole ``classifier`` module (VGG: on the 25,088 flattened conv features).
+CUTS = ("last_linear", "classifier")
+
 
 def create_backbone(
-    name: str, weights: str | None = "DEFAULT", input_size: int | None = None, checkpoint_file: str | None = None, **model_kwargs
+    name: str, weights: str | None = "DEFAULT", input_size: int | None = None, checkpoint_file: str | None = None,
+    cut: str = "last_linear", **model_kwargs
 ) -> Backbone:
     """A torchvision classification model as a :class:`Backbone`.
 
@@ -29,6 +35,10 @@ def create_backbone(
             ``None`` for random initialisation.
         input_size: crop size override in pixels (keeps the weights' resize/crop ratio).
         checkpoint_file: refused: torchvision weights load from torch's hub cache.
+        cut: ``last_linear``: only the final ``nn.Linear`` is replaced (VGG keeps its pretrained
+            fc6/fc7: 4,096 features); ``classifier``: the model's whole ``classifier`` module is,
+            as ``vgg.classifier = nn.Linear(25088, 2)`` does in the AI-for-Beginners lesson
+            (no ImageNet head is kept then, so ``tlresearch.visualize`` needs the default).
         **model_kwargs: passed to ``torchvision.models.get_model`` (e.g. ``dropout``).
     """
     if checkpoint_file is not None:
@@ -48,8 +58,17 @@ def create_backbone(
     model = call_with_download_errors(
         lambda: torchvision.models.get_model(name, weights=chosen, **model_kwargs), chosen.url if chosen else None
     )
-    head_parent, head_attr, head = _last_linear(model)
-    setattr(head_parent, head_attr, nn.Identity())
+    check_choice("backbone.cut", cut, CUTS)
+    if cut == "classifier":
+        head = getattr(model, "classifier", None)
+        require(isinstance(head, nn.Module), "backbone.cut", cut, f"{name} has no `classifier` module; use cut=last_linear.")
+        first = next(m for m in head.modules() if isinstance(m, nn.Linear)) if isinstance(head, nn.Sequential) else head
+        num_features, head = first.in_features, None
+        model.classifier = nn.Identity()
+    else:
+        head_parent, head_attr, head = _last_linear(model)
+        setattr(head_parent, head_attr, nn.Identity())
+        num_features = head.in_features
     t = reference.transforms()
     preprocessing = Preprocessing(
         crop_size=int(t.crop_size[0]),
@@ -63,7 +82,7 @@ def create_backbone(
         name=name,
         source="torchvision",
         weights=chosen.name if chosen else None,
-        num_features=head.in_features,
+        num_features=num_features,
         preprocessing=preprocessing,
         blocks=_torchvision_blocks(model),
         pretrained_head=head,
