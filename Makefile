@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo-pets
 DEMO_RUN ?= outputs/demo
+# Test processes: xdist workers, one test file per worker (files share expensive fixtures).
+TEST_WORKERS ?= auto
 
 .PHONY: install demo lint test test-fast clean
 
@@ -23,10 +25,10 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
 test: install lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs multirun data/demo-pets .pytest_cache

@@ -46,3 +46,13 @@ def fresh_hydra_state():
     yield
     HydraConfig.instance().cfg = None
     GlobalHydra.instance().clear()
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``) each worker keeps torch to one thread:
+    two workers with a thread per core each would oversubscribe the CPU and run slower than one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # subprocesses the tests start (CLI, DDP ranks) inherit it
+        torch.set_num_threads(1)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -48,6 +52,32 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def run_in_process(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``python -m <module> *argv`` in this process: ``(exit code, stdout + stderr)``.
+
+    The same path as the command line (Hydra's parsing, composition and error reporting, then
+    ``run_task``) without paying the interpreter's start-up for each case. Hydra's global state and
+    the logging handlers it installs are put back afterwards, so later tests are unaffected.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with mock.patch.object(sys, "argv", [module, *argv]):
+            try:
+                importlib.import_module(module).main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def truncate_file(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""End to end: ``python -m tlresearch.visualize`` in subprocesses, one and two (DDP) processes."""
+"""End to end: ``python -m tlresearch.visualize`` in one process (the CLI path run in this
+interpreter) and in two DDP processes (real subprocesses)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import run_in_process
+
 from .conftest import TINY_BACKBONE, run_visualize
 
-pytestmark = pytest.mark.slow  # subprocesses: Python, torch and Lightning start-up each time
+
+def visualize_in_process(args: list[str], run_dir: Path, capsys) -> tuple[int, str]:
+    """``python -m tlresearch.visualize ARGS`` in this process: ``(exit code, output)``."""
+    return run_in_process("tlresearch.visualize", [*args, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"], capsys)
 
 # Three one-image jobs (uneven over two ranks), random transforms on: every image depends on
 # its job's generator.
@@ -20,17 +26,17 @@ IDEAL_ARGS = [
 ]
 
 
-def check_completed(proc, run_dir: Path) -> dict:
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def check_completed(code: int, output: str, run_dir: Path) -> dict:
+    assert code == 0, output[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     return metrics
 
 
-@pytest.fixture(scope="module")
-def ideal_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("ideal") / "run"
-    check_completed(run_visualize(IDEAL_ARGS, run_dir), run_dir)
+@pytest.fixture
+def ideal_run(tmp_path, capsys) -> Path:
+    run_dir = tmp_path / "ideal"
+    check_completed(*visualize_in_process(IDEAL_ARGS, run_dir, capsys), run_dir)
     return run_dir
 
 
@@ -47,10 +53,11 @@ def test_ideal_cli_writes_pngs_grid_and_metrics(ideal_run):
     assert not (ideal_run / "jobs").exists()  # per-job files merged and removed
 
 
+@pytest.mark.slow  # two subprocesses: Python, torch and Lightning start-up each
 def test_ddp_with_two_cpu_processes_gives_the_same_images(ideal_run, tmp_path):
     run_dir = tmp_path / "ddp"
     proc = run_visualize([*IDEAL_ARGS, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"], run_dir)
-    metrics = check_completed(proc, run_dir)
+    metrics = check_completed(proc.returncode, proc.stderr, run_dir)
     assert metrics["world_size"] == 2 and metrics["jobs"] == 3
     one, two = torch.load(ideal_run / "results.pt"), torch.load(run_dir / "results.pt")
     assert [r["job_id"] for r in two["records"]] == [0, 1, 2]  # no job lost or doubled
@@ -58,14 +65,15 @@ def test_ddp_with_two_cpu_processes_gives_the_same_images(ideal_run, tmp_path):
     assert sorted(p.name for p in (run_dir / "images").glob("*.png")) == sorted(p.name for p in (ideal_run / "images").glob("*.png"))
 
 
-def test_adversarial_cli_on_a_trained_checkpoint(trained_classifier, tmp_path):
+@pytest.mark.slow
+def test_adversarial_cli_on_a_trained_checkpoint(trained_classifier, tmp_path, capsys):
     run_dir = tmp_path / "attack"
     args = [
         "task=adversarial", "preset=pgd", f"ckpt_path={trained_classifier['ckpt']}",
         f"check_ckpt_path={trained_classifier['ckpt']}", f"images=[{trained_classifier['image_dir']}/*/*.png]",
         "target=[vertical]", "adversarial.eps=16/255", "adversarial.step_size=2/255", "steps=20", "batch_size=8",
     ]
-    metrics = check_completed(run_visualize(args, run_dir), run_dir)
+    metrics = check_completed(*visualize_in_process(args, run_dir, capsys), run_dir)
     assert metrics["attack/pairs"] == 18 and metrics["jobs"] == 3
     assert metrics["attack/eligible"] >= 10  # correctly classified, label != vertical
     assert metrics["attack/success_rate"] >= 0.9
@@ -79,10 +87,10 @@ def test_adversarial_cli_on_a_trained_checkpoint(trained_classifier, tmp_path):
     assert len(list((run_dir / "images").glob("*_perturbation.png"))) == 18
 
 
-def test_cli_config_error_exits_2_with_the_message(tmp_path):
+def test_cli_config_error_exits_2_with_the_message(tmp_path, capsys):
     run_dir = tmp_path / "bad"
-    proc = run_visualize([*TINY_BACKBONE, "target=[tabbby]"], run_dir)
-    assert proc.returncode == 2
-    assert "target='tabbby' is not a class" in proc.stderr and "Did you mean: tabby" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, output = visualize_in_process([*TINY_BACKBONE, "target=[tabbby]"], run_dir, capsys)
+    assert code == 2
+    assert "target='tabbby' is not a class" in output and "Did you mean: tabby" in output
+    assert "Traceback" not in output
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
