@@ -27,6 +27,7 @@ from tlresearch.core.files import write_json_atomic
 from tlresearch.core.instantiate import instantiate_group, instantiate_node
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
+from tlresearch.protocols.feature_store import DEFAULT_LOCK_TIMEOUT_H, DEFAULT_MAX_GB
 from tlresearch.protocols.run import run_protocol
 from tlresearch.results import plots
 from tlresearch.results.predictions import check_class_names
@@ -107,6 +108,8 @@ def run_context(cfg: DictConfig, seed: int, loggers) -> RunContext:
     return RunContext(
         output_dir=Path(cfg.paths.output_dir),
         cache_dir=Path(str(cfg.paths.cache_dir)),
+        cache_max_gb=cfg.paths.get("cache_max_gb", DEFAULT_MAX_GB),
+        cache_lock_timeout_h=cfg.paths.get("cache_lock_timeout_h", DEFAULT_LOCK_TIMEOUT_H),
         seed=seed,
         precision=str(cfg.trainer.get("precision", "32-true")),
         accelerator=cfg.trainer.get("accelerator", "cpu"),

@@ -4,7 +4,7 @@ One place for every check of a user's settings, so that each kind of mistake get
 ``<key>=<value> is invalid: <the fix>``, naming the full config key, the bad value and what to
 use instead (with close-name suggestions for misspelt choices and keys).
 
-* scalar checks: :func:`check_bool`, :func:`check_int`, :func:`check_choice`, :func:`require`,
+* scalar checks: :func:`check_bool`, :func:`check_int`, :func:`check_positive`, :func:`check_choice`, :func:`require`,
   :func:`parse_amount`;
 * typed settings: :func:`from_node` builds a frozen dataclass from a config node, rejecting
   unknown keys, and lets the class validate its values (``validate(key)``);
@@ -70,6 +70,14 @@ def check_int(key: str, value: Any, *, minimum: int | None = None, optional: boo
         bound = "an integer" if minimum is None else f"an integer >= {minimum}"
         require(False, key, value, fix or f"use {bound}{' or null' if optional else ''}.")
     return int(value)
+
+
+def check_positive(key: str, value: Any, *, optional: bool = False) -> float | None:
+    """``value`` must be a number > 0 (an int or a float, not a bool); ``None`` passes when ``optional``."""
+    if optional and value is None:
+        return None
+    require(is_number(value) and value > 0, key, value, f"use a number > 0{' or null' if optional else ''}.")
+    return float(value)
 
 
 def check_choice(key: str, value: Any, choices: Sequence[str]) -> Any:

@@ -25,9 +25,8 @@ from tlresearch.data.datamodule import ImageClassificationDataModule, SplitLoade
 from tlresearch.data.sampler import SeededIndex, shuffled_loader
 from tlresearch.data.transforms import eval_transform, train_transform
 from tlresearch.protocols.context import RunContext
+from tlresearch.protocols.feature_store import DEFAULT_LOCK_TIMEOUT_H, DEFAULT_MAX_GB, FeatureCache, FeatureSet
 from tlresearch.protocols.features import (
-    FeatureCache,
-    FeatureSet,
     FeatureSpec,
     extract_features,
     feature_key,
@@ -76,6 +75,8 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         images: the image DataModule (its samples, transforms, batch size, workers).
         backbone: the frozen backbone.
         cache_dir: where feature files go (``None``: memory only, single process).
+        cache_max_gb, cache_lock_timeout_h: the cache's size limit and longest lock wait
+            (``paths.cache_max_gb``, ``paths.cache_lock_timeout_h``; see ``feature_store.py``).
         views: ``0``: the training split uses the deterministic eval transform; ``K >= 1``: K
             augmented views per training image with the DataModule's training augmentation.
         seed: seeds the augmented views.
@@ -92,6 +93,8 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         backbone: nn.Module,
         *,
         cache_dir: str | os.PathLike | None,
+        cache_max_gb: float | None = DEFAULT_MAX_GB,
+        cache_lock_timeout_h: float = DEFAULT_LOCK_TIMEOUT_H,
         views: int = 0,
         seed: int = 0,
         precision: str = "32-true",
@@ -103,7 +106,7 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         super().__init__()
         self.images = images
         self.backbone = backbone
-        self.cache = FeatureCache(cache_dir)
+        self.cache = FeatureCache(cache_dir, max_gb=cache_max_gb, lock_timeout_h=cache_lock_timeout_h)
         self.views = views
         self.seed = seed
         self.precision = precision
@@ -189,7 +192,7 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         if self._weights_digest is None:
             self._weights_digest = module_digest(self.backbone)
         key, description = feature_key(self._weights_digest, samples, spec, self.backbone_info)
-        description["split"] = split
+        description.update(split=split, dataset={"name": self.images.name, "root": str(getattr(self.images, "root", ""))})
         trainer = self.trainer
         device = torch.device(self._trainer_or("device", self.device))
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -265,6 +268,8 @@ def cached_datamodule(
         images,
         model.backbone,
         cache_dir=context.cache_dir / "features" if persist else None,
+        cache_max_gb=context.cache_max_gb,
+        cache_lock_timeout_h=context.cache_lock_timeout_h,
         views=views,
         seed=context.seed,
         precision=context.precision,

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from tlresearch.core.config import check_positive
 from tlresearch.models.performance import device_of_trainer_config
+from tlresearch.protocols.feature_store import DEFAULT_LOCK_TIMEOUT_H, DEFAULT_MAX_GB
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class RunContext:
     Args:
         output_dir: the run directory (checkpoints and records of a protocol that replaces fit).
         cache_dir: the cache root (``paths.cache_dir``); features go to ``<cache_dir>/features``.
+        cache_max_gb: the feature cache's size limit in GB (``paths.cache_max_gb``; None: none).
+        cache_lock_timeout_h: the longest wait for a feature-cache lock (``paths.cache_lock_timeout_h``).
         seed: the run's seed (it seeds the cached augmented views).
         precision: Lightning's precision string (autocast of the feature extraction).
         accelerator: ``trainer.accelerator``, for work done outside a Trainer (see :attr:`device`).
@@ -32,11 +36,18 @@ class RunContext:
 
     output_dir: Path
     cache_dir: Path
+    cache_max_gb: float | None = DEFAULT_MAX_GB
+    cache_lock_timeout_h: float = DEFAULT_LOCK_TIMEOUT_H
     seed: int = 0
     precision: str = "32-true"
     accelerator: str = "cpu"
     channels_last: bool | str = "auto"
     loggers: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Checked when the run starts, not when a protocol first opens the cache.
+        check_positive("paths.cache_max_gb", self.cache_max_gb, optional=True)
+        check_positive("paths.cache_lock_timeout_h", self.cache_lock_timeout_h)
 
     @property
     def device(self) -> torch.device:

@@ -3,16 +3,17 @@
 While the backbone is frozen (a linear probe) and the training images are not randomly
 augmented, every epoch feeds the head the very same features. They are computed once per
 (backbone weights, dataset files, split, transform, views, precision, decoder), stored under
-``paths.cache_dir/features/<key>.pt`` (written atomically, described by ``<key>.json``) and
-reused by every later run and sweep job with the same key. With ``finetune.cache_views=K``,
+``paths.cache_dir/features/<key>.pt`` (described by ``<key>.json``; the files, their locks,
+checksums and size limit: ``protocols/feature_store.py``) and reused by every later run and
+sweep job with the same key. With ``finetune.cache_views=K``,
 K randomly augmented views of each training image are stored instead and epoch ``e`` trains
 on view ``e mod K`` (each view is seeded per image, so it does not depend on workers or
 devices).
 
-This module is the storage and extraction layer: :func:`feature_key` (what a set of features
-depends on), :class:`FeatureCache` (the files), :func:`extract_features` (the backbone's forward
-pass over images) and :func:`load_or_extract` (cache first; under DDP every rank extracts a
-disjoint shard and rank 0 merges them). ``protocols/cached_data.py`` serves the features to
+This module is the extraction layer: :func:`feature_key` (what a set of features depends on),
+:func:`extract_features` (the backbone's forward pass over images) and :func:`load_or_extract`
+(cache first, under the key's lock, so concurrent jobs extract once; under DDP every rank
+extracts a disjoint shard and rank 0 merges them). ``protocols/cached_data.py`` serves the features to
 the epoch loop; ``protocols/epoch_loop.py`` decides when they apply.
 """
 
@@ -23,8 +24,8 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,17 +33,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlresearch.core.errors import ConfigError
-from tlresearch.core.files import atomic_write, write_json_atomic
+from tlresearch.core.files import atomic_write
 from tlresearch.data.gpu_decode import device_decoded_batches
 from tlresearch.data.images import ImageListDataset, Sample, as_image_list
 from tlresearch.data.sampler import mix_seed, seeded_rng
 from tlresearch.data.transforms import Preprocessing
 from tlresearch.models.performance import autocast_for, channels_last_wanted, to_channels_last
+from tlresearch.protocols.feature_store import CACHE_FORMAT, FeatureCache, FeatureSet
 
 log = logging.getLogger(__name__)
-
-#: Bump when the stored layout or the extraction changes, so old files are not reused.
-CACHE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,68 +114,6 @@ def feature_key(
     }
     key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return key, description
-
-
-# --------------------------------------------------------------------------------------------
-# Stored features
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FeatureSet:
-    """``features[view, i]`` is the feature vector of sample ``i``; ``labels[i]`` its label."""
-
-    features: torch.Tensor  # [views, N, F], float32
-    labels: torch.Tensor  # [N], int64
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_views(self) -> int:
-        return int(self.features.shape[0])
-
-    def to(self, device: torch.device | str) -> FeatureSet:
-        return FeatureSet(self.features.to(device), self.labels.to(device))
-
-
-class FeatureCache:
-    """Feature files under ``root``: ``<key>.pt`` (tensors) and ``<key>.json`` (what they are).
-
-    ``root=None`` keeps nothing on disk (every call extracts).
-    """
-
-    def __init__(self, root: str | os.PathLike | None) -> None:
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
-
-    def path(self, key: str) -> Path:
-        assert self.root is not None
-        return self.root / f"{key}.pt"
-
-    def load(self, key: str) -> FeatureSet | None:
-        """The stored features of ``key``, or None when absent or unreadable (then re-extracted)."""
-        if self.root is None or not self.path(key).is_file():
-            return None
-        try:
-            data = torch.load(self.path(key), map_location="cpu", weights_only=True)
-            if data.get("format") != CACHE_FORMAT or data.get("key") != key:
-                return None
-            return FeatureSet(data["features"], data["labels"])
-        except Exception as error:  # noqa: BLE001 - a damaged file is only a cache miss
-            log.warning("Ignoring the unreadable feature file %s (%s); extracting again.", self.path(key), error)
-            return None
-
-    def save(self, key: str, features: FeatureSet, description: dict[str, Any]) -> None:
-        """Write ``features`` atomically (readers see the whole file or none), then its description."""
-        if self.root is None:
-            return
-        payload = {"format": CACHE_FORMAT, "key": key, "features": features.features.contiguous(), "labels": features.labels}
-        atomic_write(self.path(key), lambda tmp: torch.save(payload, tmp))
-        write_json_atomic(self.root / f"{key}.json", {**description, "shape": list(features.features.shape)})
-
-    def shard_path(self, key: str, rank: int, world: int) -> Path:
-        assert self.root is not None
-        return self.root / "shards" / f"{key}.{rank}-of-{world}.pt"
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,19 +219,32 @@ def load_or_extract(
 ) -> tuple[FeatureSet, bool]:
     """The features of ``key`` from the cache, or extracted (and stored); ``(features, hit)``.
 
-    With ``world > 1`` rank 0 decides whether the cache holds them (``broadcast`` shares its
-    answer, so every rank takes the same path even while another job writes the file); on a
-    miss each rank extracts the indices ``rank, rank + world, ...``, writes its shard, and
-    rank 0 merges the shards into the cache file that every rank then reads.
+    Rank 0 holds the key's lock (:meth:`FeatureCache.locked`) from the check to the last read:
+    another job that needs the same key waits, then reads the file this one wrote, and no
+    job deletes the entry meanwhile. With ``world > 1`` rank 0 decides whether the cache holds
+    the features (``broadcast`` shares its answer); on a miss each rank extracts the indices
+    ``rank, rank + world, ...``, writes its shard, and rank 0 merges the shards into the cache
+    file that every rank then reads.
     """
-    cached = cache.load(key) if rank == 0 else None
-    hit = cached is not None and torch.equal(cached.labels, labels)
-    if broadcast(hit):
-        return (cached if rank == 0 else cache.load(key)), True  # type: ignore[return-value]
-    if world == 1:
-        features = FeatureSet(extract(list(range(n))), labels)
-        cache.save(key, features, description)
-        return features, False
+    with cache.locked(key) if rank == 0 else nullcontext():
+        cached = cache.load(key) if rank == 0 else None
+        hit = cached is not None and torch.equal(cached.labels, labels)
+        if broadcast(hit):
+            loaded = cached if rank == 0 else cache.read(key)
+            barrier()  # every rank has read the entry before rank 0 lets go of it
+            return loaded, True  # type: ignore[return-value]
+        if world == 1:
+            features = FeatureSet(extract(list(range(n))), labels)
+            cache.save(key, features, description)
+            return features, False
+        return _extract_sharded(cache, key, description, n, extract, labels, rank, world, barrier), False
+
+
+def _extract_sharded(
+    cache: FeatureCache, key: str, description: dict[str, Any], n: int, extract: Callable[[list[int]], torch.Tensor],
+    labels: torch.Tensor, rank: int, world: int, barrier: Callable[[], None],
+) -> FeatureSet:
+    """:func:`load_or_extract`'s miss under DDP: shards, merged by rank 0, read by every rank."""
     if cache.root is None:
         raise ConfigError(
             "finetune.cache_features=false cannot be combined with several processes: "
@@ -312,9 +262,10 @@ def load_or_extract(
         for r in range(world):
             cache.shard_path(key, r, world).unlink(missing_ok=True)
     barrier()
-    loaded = cache.load(key)
-    if loaded is None:
+    if not cache.path(key).is_file():
         raise RuntimeError(
             f"rank {rank}: the merged feature file {cache.path(key)} is missing; is paths.cache_dir shared by every process?"
         )
-    return loaded, False
+    loaded = cache.read(key)
+    barrier()  # every rank has read the entry before rank 0 lets go of it
+    return loaded
