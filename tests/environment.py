@@ -35,6 +35,17 @@ def isolated_caches(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True, scope="module")
+def module_cache_dir(isolated_caches, tmp_path_factory):
+    """Each test module gets its own ``paths.cache_dir`` (``$TLRESEARCH_CACHE``): whether a run
+    finds features or manifests in the cache must not depend on which modules ran before it
+    in the same pytest-xdist worker."""
+    old = os.environ.get("TLRESEARCH_CACHE")
+    os.environ["TLRESEARCH_CACHE"] = str(tmp_path_factory.mktemp("tlresearch-cache"))
+    yield
+    os.environ["TLRESEARCH_CACHE"] = old or str(isolated_caches / "tlresearch")
+
+
 @pytest.fixture(autouse=True)
 def fresh_hydra_state():
     """Each test starts and ends without a global Hydra config: a test that composed a config
