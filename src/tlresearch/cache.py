@@ -38,23 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0, or 2 for a user mistake)."""
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> str:
+    """The command's output (a ConfigError for a user mistake)."""
     default_dir, max_gb = default_paths()
+    cache = feature_cache(args.cache_dir or default_dir, max_gb=max_gb)
+    if args.command == "clear":
+        return clear_entries(cache, args.older_than).report()
+    if args.older_than is not None:
+        raise ConfigError("--older-than applies to clear only: use `clear --older-than DAYS`.")
+    return entries_table(cache)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0, or 2 for a user mistake, reported on stderr)."""
+    args = build_parser().parse_args(argv)
     try:
-        cache = feature_cache(args.cache_dir or default_dir, max_gb=max_gb)
-        if args.command == "list":
-            if args.older_than is not None:
-                raise ConfigError("--older-than applies to clear only: use `clear --older-than DAYS`.")
-            sys.stdout.write(entries_table(cache))
-        else:
-            sys.stdout.write(clear_entries(cache, args.older_than).report())
+        output = run(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
+    sys.stdout.write(output)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
