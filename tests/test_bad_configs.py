@@ -59,6 +59,7 @@ CASES = [
     ("lr-zero", ["optimizer.lr=0"], CONFIG, ["optimizer.lr=0"]),
     ("lr-negative", ["optimizer.lr=-0.1"], CONFIG, ["optimizer.lr=-0.1"]),
     ("lr-not-a-number", ["optimizer.lr=abc"], CONFIG, ["optimizer.lr='abc'"]),
+    ("cache-max-gb-zero", ["paths.cache_max_gb=0"], CONFIG, ["paths.cache_max_gb=0"]),
     ("weight-decay-negative", ["optimizer.weight_decay=-1"], CONFIG, ["optimizer", "weight_decay"]),
     ("momentum-not-a-number", ["optimizer.momentum=abc"], CONFIG, ["optimizer.momentum='abc'"]),
     ("batch-size-zero", ["data.batch_size=0"], CONFIG, ["data.batch_size=0"]),
