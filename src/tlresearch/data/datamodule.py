@@ -91,6 +91,19 @@ def _check_root(root: Any) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
 
 
+def primary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``test/primary`` (and ``test/primary_ci_low|high``): the test metric ``data/metric`` names,
+    copied so tables read one key whatever the dataset. Empty when there is no test result."""
+    name = metrics.get("data/metric")
+    if name is None or f"test/{name}" not in metrics:
+        return {}
+    out = {"test/primary": metrics[f"test/{name}"]}
+    for end in ("ci_low", "ci_high"):
+        if f"test/{name}_{end}" in metrics:
+            out[f"test/primary_{end}"] = metrics[f"test/{name}_{end}"]
+    return out
+
+
 class SplitLoaders:
     """Lightning's three loader hooks, each a call of ``self.dataloader(split)``: every
     DataModule here (images or cached features) builds its loaders in one method."""
@@ -136,6 +149,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
 
     #: Name recorded by :meth:`describe`.
     name: ClassVar[str] = "images"
+    #: The test metric the literature reports for this dataset: ``acc`` (top-1) or ``mean_class_acc``
+    #: (mean per-class accuracy); ``metrics.json`` copies it to ``test/primary`` (:func:`primary_metrics`).
+    metric: ClassVar[str] = "acc"
 
     def __init__(
         self,
@@ -227,9 +243,7 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             splits["train"] = take_per_class(splits["train"], self.max_per_class, self.seed)
         splits["test"], self._test_excluded = self._verify_test(splits["test"])
         self._splits, self._dropped = splits, list(dropped)
-        self._datasets = {
-            name: ImageListDataset(samples, self._transform(name), replace_unreadable=name != "test") for name, samples in splits.items()
-        }
+        self._datasets = {name: self._make_dataset(name, samples) for name, samples in splits.items()}
         sizes = "; ".join(
             f"{name} {len(splits[name])} (per class {self._count_summary(name)})" for name in SPLITS
         )
@@ -237,6 +251,10 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             "%s: %d classes; images %s; %d files dropped, %d test images excluded.",
             self.name, self.num_classes, sizes, len(dropped), len(self._test_excluded),
         )
+
+    def _make_dataset(self, split: str, samples: list[Sample]) -> ImageListDataset:
+        """The dataset of one split (a subclass whose images are not files returns its own kind)."""
+        return ImageListDataset(samples, self._transform(split), replace_unreadable=split != "test")
 
     def _verify_test(self, test: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
         """The test split without the files that fail to decode now, and those files with their reasons.
@@ -329,6 +347,7 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         report["data/test_excluded"] = len(self._test_excluded)
         report["data/train_replaced"] = self._datasets["train"].num_unreadable
         report["data/val_replaced"] = self._datasets["val"].num_unreadable
+        report["data/metric"] = self.metric  # type: ignore[assignment] - which test metric the literature reports (test/primary)
         return report
 
     def describe(self) -> dict[str, Any]:
