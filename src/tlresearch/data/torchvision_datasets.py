@@ -136,6 +136,10 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         self._sources[split] = obj
         classes, items = read_items(self.dataset_name, obj)
         if not self._classes:
+            highest = max((label for _, label in items), default=0)
+            if highest + 1 < len(classes):  # a partial copy (generated): its first K classes only
+                log.warning("%s: labels on disk stop at %d of %d classes: using the first %d.", self.dataset_name, highest + 1, len(classes), highest + 1)
+                classes = classes[: highest + 1]
             self._classes = classes
             if self.expected_classes is not None and len(classes) != self.expected_classes:
                 log.warning("%s: %d classes on disk, the official dataset has %d (a generated or partial copy?).",
