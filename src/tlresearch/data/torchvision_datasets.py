@@ -99,6 +99,19 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         self._sources: dict[str, Any] = {}
         self._classes = []  # read with the files in setup()
 
+    @property
+    def classes(self) -> list[str]:
+        """Class names, read from the files (downloaded first when ``download`` is on): the model's
+        head is sized from them before training, so they are read on first use."""
+        if not self._classes:
+            self.prepare_data()
+            self.setup()
+        return list(self._classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
     # -- files --------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -138,7 +151,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         if not self._classes:
             highest = max((label for _, label in items), default=0)
             if highest + 1 < len(classes):  # a partial copy (generated): its first K classes only
-                log.warning("%s: labels on disk stop at %d of %d classes: using the first %d.", self.dataset_name, highest + 1, len(classes), highest + 1)
+                log.warning("%s: labels on disk stop at %d of %d classes: using those.", self.dataset_name, highest + 1, len(classes))
                 classes = classes[: highest + 1]
             self._classes = classes
             if self.expected_classes is not None and len(classes) != self.expected_classes:
