@@ -77,7 +77,7 @@ def test_vtab1k_draws_fixed_train_and_val_counts_and_vtab1k_full_trains_on_both(
     assert len(full.dataset("train")) == 18 and len(full.dataset("val")) == 0
     assert {s.rel for s in full.dataset("train").samples} == {s.rel for s in first.dataset("train").samples + first.dataset("val").samples}
     assert len(first.dataset("test")) == len(whole.dataset("test"))  # the test set stays whole
-    with pytest.raises(ConfigError, match="data.subset=vtab1k"):
+    with pytest.raises(ConfigError, match="data.subset=vtab1k: the train"):
         small = datamodule("cifar10", root, tmp_path, "data.subset=vtab1k")  # 800 + 200 from 18 images
         small.setup()
 
@@ -98,3 +98,11 @@ def test_aliases_and_the_metric_the_literature_reports(tmp_path):
     assert compose_cfg("train", ["data=aircraft"], tmp_path).data.dataset == "fgvc_aircraft"
     assert compose_cfg("train", ["data=cars"], tmp_path).data.dataset == "stanford_cars"
     assert primary_metrics({"data/metric": "mean_class_acc", "test/mean_class_acc": 0.5, "test/acc": 0.7}) == {"test/primary": 0.5}
+
+
+def test_vtab1k_works_the_same_for_pets(pets_root, tmp_path):
+    cfg = compose_cfg("train", [*FAST, "data=pets", f"data.root={pets_root}", "data.download=false", "data.subset=vtab1k",
+                                "data.subset_train=10", "data.subset_val=5"], tmp_path / "run")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    assert [len(dm.dataset(s)) for s in ("train", "val")] == [10, 5] and dm.describe()["subset"] == "vtab1k"

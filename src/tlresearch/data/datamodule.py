@@ -31,7 +31,7 @@ from tlresearch.core.errors import ConfigError
 from .images import ImageListDataset, Sample, reason_category, verify_samples
 from .memory import hold_in_memory
 from .sampler import ResumableTrainData
-from .splits import SPLITS, samples_sha256, take_per_class
+from .splits import SPLITS, SUBSETS, samples_sha256, take_per_class, vtab1k_subset
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             nested subset for small-data experiments); val and test stay whole.
         in_memory: decode every image once into RAM at the backbone's resize size and serve
             batches from there (:mod:`tlresearch.data.memory`; for small datasets).
+        subset: ``None``; ``"vtab1k"``: train on ``subset_train`` and validate on ``subset_val``
+            images drawn with ``seed`` from train+val (:func:`~tlresearch.data.splits.vtab1k_subset`);
+            ``"vtab1k_full"``: train on those, no val. The test split stays whole.
     """
 
     #: Name recorded by :meth:`describe`.
@@ -166,6 +169,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         pin_memory: bool | str = "auto",
         max_per_class: int | None = None,
         in_memory: bool = False,
+        subset: str | None = None,
+        subset_train: int = 800,
+        subset_val: int = 200,
     ) -> None:
         super().__init__()
         self.root = _check_root(root)
@@ -178,6 +184,10 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         self.pin_memory = resolve_pin_memory(pin_memory)
         self.max_per_class = check_int("data.max_per_class", max_per_class, minimum=1, optional=True)
         self.in_memory = check_bool("data.in_memory", in_memory)
+        require(subset is None or subset in SUBSETS, "data.subset", subset, f"use null or one of {', '.join(SUBSETS)}.")
+        self.subset = subset
+        self.subset_train = check_int("data.subset_train", subset_train, minimum=1)
+        self.subset_val = check_int("data.subset_val", subset_val, minimum=1)
         self._in_memory: dict[str, Any] = {}  # split -> images held in RAM (data/memory.py)
         self._classes: list[str] = getattr(self, "_classes", [])
         self._splits: dict[str, list[Sample]] | None = None
@@ -238,6 +248,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             return
         splits, dropped = self._build_splits()
         splits = {name: list(splits.get(name, [])) for name in SPLITS}
+        if self.subset is not None:
+            pool = splits["train"] + splits["val"]
+            splits.update(vtab1k_subset(pool, self.seed, self.subset_train, self.subset_val, full=self.subset == "vtab1k_full"))
         self._check_train_covers_classes(splits["train"])
         if self.max_per_class is not None:
             splits["train"] = take_per_class(splits["train"], self.max_per_class, self.seed)
@@ -277,6 +290,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
     def _check_train_covers_classes(self, train: Sequence[Sample]) -> None:
         present = {s.label for s in train}
         missing = [name for i, name in enumerate(self._classes) if i not in present]
+        if missing and self.subset is not None:  # VTAB-1k draws 800 images, not per class: a class may get none
+            log.warning("data.subset=%s: no training images of %d class(es) (%s...).", self.subset, len(missing), missing[0])
+            return
         if missing:
             raise ConfigError(
                 f"data.root={str(self.root)!r}: no training images for class(es) {', '.join(missing)}; every class needs "
@@ -364,6 +380,8 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             "num_classes": self.num_classes,
             "seed": self.seed,
             "max_per_class": self.max_per_class,
+            "subset": self.subset,
+            "subset_sizes": [self.subset_train, self.subset_val] if self.subset else None,
             **self._describe_config(),
             "num_samples": {name: len(splits[name]) for name in SPLITS},
             "images_per_class": {c: {name: per_class[name][i] for name in SPLITS} for i, c in enumerate(self._classes)},

@@ -6,7 +6,7 @@ are, a validation split carved from train where there is no official one, the sp
 protocols (Caltech-101: 30 training images per class, the rest test; SUN397: Kornblith's
 partition 1; EuroSAT: no official split, test and val carved), and the VTAB-1k subset
 (``subset=vtab1k``: 800 train + 200 val drawn with a fixed seed from the official train+val
-pool; ``subset=vtab1k_full``: train on those 1,000, no val). Images stored as arrays (CIFAR,
+pool, drawn by the base class; ``subset=vtab1k_full``: train on those 1,000, no val). Images stored as arrays (CIFAR,
 SVHN, PCam) are read from the torchvision object (:class:`TorchvisionItems`); the others are
 image files, read like every other DataModule's.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from tlresearch.core.errors import ConfigError
 
 from .datamodule import ImageClassificationDataModule
 from .images import ImageListDataset, Sample, to_rgb
-from .splits import check_fractions, stratified_split
+from .splits import check_fractions, stratified_split, take_per_class
 from .torchvision_sources import SOURCES, missing_message, open_split, read_items
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("vtab1k", "vtab1k_full")
 METRICS = ("acc", "mean_class_acc")
 
 
@@ -63,8 +61,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         partition: SUN397 only: the official partition ``Training_NN.txt``/``Testing_NN.txt`` to read.
         num_classes: the number the dataset must have (``None``: whatever the files hold).
         metric: ``acc`` or ``mean_class_acc``: what ``test/primary`` reports.
-        subset: ``None``, ``vtab1k`` or ``vtab1k_full`` (see the module docstring);
-            ``subset_train``/``subset_val`` its sizes (800/200).
         verify_checksums: let torchvision check the official md5 sums (CIFAR, SVHN, Flowers).
         **common: the arguments of :class:`~tlresearch.data.datamodule.ImageClassificationDataModule`.
     """
@@ -75,8 +71,8 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         self, root: str | os.PathLike, *, dataset: str, train_split: str | None = "train", val_split: str | None = None,
         test_split: str | None = "test", options: dict[str, Any] | None = None, partition: int | None = None,
         train_per_class: int | None = None, val_per_class: int | None = None, val_fraction: float = 0.1,
-        test_fraction: float = 0.0, num_classes: int | None = None, metric: str = "acc", subset: str | None = None,
-        subset_train: int = 800, subset_val: int = 200, verify_checksums: bool = True, **common: Any,
+        test_fraction: float = 0.0, num_classes: int | None = None, metric: str = "acc",
+        verify_checksums: bool = True, **common: Any,
     ) -> None:
         super().__init__(root, **common)
         self.dataset_name = check_choice("data.dataset", dataset, tuple(SOURCES))
@@ -90,10 +86,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         self.val_fraction, self.test_fraction = fractions["data.val_fraction"], fractions["data.test_fraction"]
         self.expected_classes = check_int("data.num_classes", num_classes, minimum=2, optional=True)
         self.metric = check_choice("data.metric", metric, METRICS)  # type: ignore[misc]
-        require(subset is None or subset in SUBSETS, "data.subset", subset, f"use null or one of {', '.join(SUBSETS)}.")
-        self.subset = subset
-        self.subset_train = check_int("data.subset_train", subset_train, minimum=1)
-        self.subset_val = check_int("data.subset_val", subset_val, minimum=1)
         self.verify_checksums = check_bool("data.verify_checksums", verify_checksums)
         self.arrays = SOURCES[self.dataset_name].arrays
         self._sources: dict[str, Any] = {}
@@ -175,9 +167,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
             if self.val_split:
                 splits["val"] = self._read(self.val_split)
             splits.update(self._carve(splits))
-        if self.subset is not None:
-            splits.update(self._vtab1k(splits["train"] + splits.get("val", [])))
-        return splits, []
+        return splits, []  # the base class draws data.subset from train + val
 
     def _carve(self, splits: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
         """Test (when there is no official one) and val (the same) out of train, stratified by class."""
@@ -185,11 +175,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         train = splits["train"]
         if "test" not in splits:
             if self.train_per_class is not None:  # Caltech-101: N per class train, the rest test
-                by_class: dict[str, list[Sample]] = {}
-                for sample in train:
-                    by_class.setdefault(sample.group, []).append(sample)
-                keep = self.train_per_class
-                chosen = {s.rel for group, members in by_class.items() for s in _seeded(members, self.seed, f"train:{group}")[:keep]}
+                chosen = {s.rel for s in take_per_class(train, self.train_per_class, self.seed)}
                 out["test"] = [s for s in train if s.rel not in chosen]
                 train = [s for s in train if s.rel in chosen]
             else:
@@ -205,20 +191,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
             train, out["val"] = parts["train"], parts["val"]
         out["train"] = train
         return out
-
-    def _vtab1k(self, pool: list[Sample]) -> dict[str, list[Sample]]:
-        """VTAB-1k: ``subset_train`` + ``subset_val`` images drawn from the train+val pool with ``seed``."""
-        wanted = self.subset_train + self.subset_val
-        if len(pool) < wanted:
-            raise ConfigError(
-                f"data.subset={self.subset}: {self.dataset_name}'s train+val pool has {len(pool)} images, fewer than "
-                f"data.subset_train + data.subset_val = {wanted}. Lower them, or set data.subset=null."
-            )
-        drawn = _seeded(pool, self.seed, "vtab1k")[:wanted]
-        train, val = drawn[: self.subset_train], drawn[self.subset_train :]
-        if self.subset == "vtab1k_full":
-            return {"train": sorted(drawn, key=lambda s: s.rel), "val": []}
-        return {"train": sorted(train, key=lambda s: s.rel), "val": sorted(val, key=lambda s: s.rel)}
 
     def _sun397_partition(self) -> dict[str, list[Sample]]:
         """Kornblith et al.'s SUN397 split: the official ``Partitions/Training_NN.txt``/``Testing_NN.txt``
@@ -256,13 +228,5 @@ class TorchvisionDataModule(ImageClassificationDataModule):
             "torchvision_class": SOURCES[self.dataset_name].cls, "splits": [self.train_split, self.val_split, self.test_split],
             "options": self.options, "partition": self.partition, "train_per_class": self.train_per_class,
             "val_per_class": self.val_per_class, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-            "metric": self.metric, "subset": self.subset,
-            "subset_sizes": [self.subset_train, self.subset_val] if self.subset else None,
+            "metric": self.metric,
         }
-
-
-def _seeded(samples: list[Sample], seed: int, salt: str) -> list[Sample]:
-    """``samples`` in a seeded random order that does not depend on their input order."""
-    ordered = sorted(samples, key=lambda s: s.rel)
-    random.Random(f"{seed}:{salt}").shuffle(ordered)
-    return ordered
