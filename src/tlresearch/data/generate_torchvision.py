@@ -44,6 +44,20 @@ def _result(root: Path, name: str, classes: list[str], splits: dict[str, _Split]
                      hint=f"Load it with: data={name} data.root={root} data.download=false{extra}")
 
 
+def _listed(splits: dict[str, _Split], images: Path, rel: Callable[[int, int], str], listing: Callable[[str], Path]) -> None:
+    """Save each split's images at ``images / rel(class, n)`` (n counting over all splits) and list
+    those ``rel`` lines, one per image, in ``listing(split)``."""
+    number = 0
+    for split, items in splits.items():
+        lines = []
+        for c, image in items:
+            number += 1
+            lines.append(rel(c, number))
+            _save(image, images / lines[-1].lstrip("/"))
+        listing(split).parent.mkdir(parents=True, exist_ok=True)
+        listing(split).write_text("\n".join(lines) + "\n")
+
+
 def _names(prefix: str, classes: int) -> list[str]:
     return [f"{prefix}_{i:02d}" for i in range(classes)]
 
@@ -116,16 +130,7 @@ def dtd(root: Path, classes: int, per_class: int, seed: int) -> Generated:
     """``dtd/dtd/images/<class>/<class>_NNNN.jpg`` and ``dtd/dtd/labels/{train,val,test}1.txt``."""
     splits = _splits(seed, classes, {"train": per_class, "val": max(2, per_class // 2), "test": max(2, per_class // 2)})
     names, base = _names("texture", classes), root / "dtd" / "dtd"
-    number = 0
-    for split, items in splits.items():
-        lines = []
-        for c, image in items:
-            number += 1
-            rel = f"{names[c]}/{names[c]}_{number:04d}.jpg"
-            _save(image, base / "images" / rel)
-            lines.append(rel)
-        (base / "labels").mkdir(parents=True, exist_ok=True)
-        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+    _listed(splits, base / "images", lambda c, n: f"{names[c]}/{names[c]}_{n:04d}.jpg", lambda split: base / "labels" / f"{split}1.txt")
     return _result(root, "dtd", names, splits)
 
 
@@ -210,16 +215,7 @@ def sun397(root: Path, classes: int, per_class: int, seed: int) -> Generated:
     """``SUN397/ClassName.txt`` (``/a/abbey`` lines), ``SUN397/<l>/<class>/sun_*.jpg``, ``SUN397/Partitions/*_01.txt``."""
     splits = _splits(seed, classes, {"Training": per_class, "Testing": max(2, per_class // 2)})
     names, base = _names("scene", classes), root / "SUN397"
-    number = 0
-    for split, items in splits.items():
-        lines = []
-        for c, image in items:
-            number += 1
-            rel = f"/{names[c][0]}/{names[c]}/sun_{number:06d}.jpg"
-            _save(image, base / rel[1:])
-            lines.append(rel)
-        (base / "Partitions").mkdir(parents=True, exist_ok=True)
-        (base / "Partitions" / f"{split}_01.txt").write_text("\n".join(lines) + "\n")
+    _listed(splits, base, lambda c, n: f"/{names[c][0]}/{names[c]}/sun_{n:06d}.jpg", lambda split: base / "Partitions" / f"{split}_01.txt")
     (base / "ClassName.txt").write_text("".join(f"/{n[0]}/{n}\n" for n in names))
     return _result(root, "sun397", names, splits)
 
