@@ -25,6 +25,7 @@ from tlresearch.core.config import check_bool, check_known_keys, check_monitors,
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
 from tlresearch.core.instantiate import instantiate_group, instantiate_node
+from tlresearch.data.datamodule import primary_metrics
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.feature_store import DEFAULT_LOCK_TIMEOUT_H, DEFAULT_MAX_GB
@@ -215,6 +216,7 @@ def write_run_records(out_dir: Path, cfg: DictConfig, metrics: dict[str, Any], m
     over those images), the confusion matrix and the plots; then say where they are."""
     if model.test_predictions is not None:
         metrics.update(record_predictions(out_dir, model.test_predictions, datamodule, list(datamodule.classes), seed=cfg.seed))
+    metrics.update(primary_metrics(metrics))  # test/primary: the metric data/metric names (data/datamodule.py)
     write_json_atomic(out_dir / "metrics.json", metrics)
     csv = out_dir / "csv" / "metrics.csv"
     if csv.is_file():

@@ -31,7 +31,7 @@ from tlresearch.core.errors import ConfigError
 from .images import ImageListDataset, Sample, reason_category, verify_samples
 from .memory import hold_in_memory
 from .sampler import ResumableTrainData
-from .splits import SPLITS, samples_sha256, take_per_class
+from .splits import SPLITS, SUBSETS, samples_sha256, take_per_class, vtab1k_subset
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,19 @@ def _check_root(root: Any) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
 
 
+def primary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``test/primary`` (and ``test/primary_ci_low|high``): the test metric ``data/metric`` names,
+    copied so tables read one key whatever the dataset. Empty when there is no test result."""
+    name = metrics.get("data/metric")
+    if name is None or f"test/{name}" not in metrics:
+        return {}
+    out = {"test/primary": metrics[f"test/{name}"]}
+    for end in ("ci_low", "ci_high"):
+        if f"test/{name}_{end}" in metrics:
+            out[f"test/primary_{end}"] = metrics[f"test/{name}_{end}"]
+    return out
+
+
 class SplitLoaders:
     """Lightning's three loader hooks, each a call of ``self.dataloader(split)``: every
     DataModule here (images or cached features) builds its loaders in one method."""
@@ -132,10 +145,16 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             nested subset for small-data experiments); val and test stay whole.
         in_memory: decode every image once into RAM at the backbone's resize size and serve
             batches from there (:mod:`tlresearch.data.memory`; for small datasets).
+        subset: ``None``; ``"vtab1k"``: train on ``subset_train`` and validate on ``subset_val``
+            images drawn with ``seed`` from train+val (:func:`~tlresearch.data.splits.vtab1k_subset`);
+            ``"vtab1k_full"``: train on those, no val. The test split stays whole.
     """
 
     #: Name recorded by :meth:`describe`.
     name: ClassVar[str] = "images"
+    #: The test metric the literature reports for this dataset: ``acc`` (top-1) or ``mean_class_acc``
+    #: (mean per-class accuracy); ``metrics.json`` copies it to ``test/primary`` (:func:`primary_metrics`).
+    metric: ClassVar[str] = "acc"
 
     def __init__(
         self,
@@ -150,6 +169,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         pin_memory: bool | str = "auto",
         max_per_class: int | None = None,
         in_memory: bool = False,
+        subset: str | None = None,
+        subset_train: int = 800,
+        subset_val: int = 200,
     ) -> None:
         super().__init__()
         self.root = _check_root(root)
@@ -162,6 +184,10 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         self.pin_memory = resolve_pin_memory(pin_memory)
         self.max_per_class = check_int("data.max_per_class", max_per_class, minimum=1, optional=True)
         self.in_memory = check_bool("data.in_memory", in_memory)
+        require(subset is None or subset in SUBSETS, "data.subset", subset, f"use null or one of {', '.join(SUBSETS)}.")
+        self.subset = subset
+        self.subset_train = check_int("data.subset_train", subset_train, minimum=1)
+        self.subset_val = check_int("data.subset_val", subset_val, minimum=1)
         self._in_memory: dict[str, Any] = {}  # split -> images held in RAM (data/memory.py)
         self._classes: list[str] = getattr(self, "_classes", [])
         self._splits: dict[str, list[Sample]] | None = None
@@ -222,14 +248,15 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             return
         splits, dropped = self._build_splits()
         splits = {name: list(splits.get(name, [])) for name in SPLITS}
+        if self.subset is not None:
+            pool = splits["train"] + splits["val"]
+            splits.update(vtab1k_subset(pool, self.seed, self.subset_train, self.subset_val, full=self.subset == "vtab1k_full"))
         self._check_train_covers_classes(splits["train"])
         if self.max_per_class is not None:
             splits["train"] = take_per_class(splits["train"], self.max_per_class, self.seed)
         splits["test"], self._test_excluded = self._verify_test(splits["test"])
         self._splits, self._dropped = splits, list(dropped)
-        self._datasets = {
-            name: ImageListDataset(samples, self._transform(name), replace_unreadable=name != "test") for name, samples in splits.items()
-        }
+        self._datasets = {name: self._make_dataset(name, samples) for name, samples in splits.items()}
         sizes = "; ".join(
             f"{name} {len(splits[name])} (per class {self._count_summary(name)})" for name in SPLITS
         )
@@ -237,6 +264,10 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             "%s: %d classes; images %s; %d files dropped, %d test images excluded.",
             self.name, self.num_classes, sizes, len(dropped), len(self._test_excluded),
         )
+
+    def _make_dataset(self, split: str, samples: list[Sample]) -> ImageListDataset:
+        """The dataset of one split (a subclass whose images are not files returns its own kind)."""
+        return ImageListDataset(samples, self._transform(split), replace_unreadable=split != "test")
 
     def _verify_test(self, test: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
         """The test split without the files that fail to decode now, and those files with their reasons.
@@ -259,6 +290,9 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
     def _check_train_covers_classes(self, train: Sequence[Sample]) -> None:
         present = {s.label for s in train}
         missing = [name for i, name in enumerate(self._classes) if i not in present]
+        if missing and self.subset is not None:  # VTAB-1k draws 800 images, not per class: a class may get none
+            log.warning("data.subset=%s: no training images of %d class(es) (%s...).", self.subset, len(missing), missing[0])
+            return
         if missing:
             raise ConfigError(
                 f"data.root={str(self.root)!r}: no training images for class(es) {', '.join(missing)}; every class needs "
@@ -329,6 +363,7 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         report["data/test_excluded"] = len(self._test_excluded)
         report["data/train_replaced"] = self._datasets["train"].num_unreadable
         report["data/val_replaced"] = self._datasets["val"].num_unreadable
+        report["data/metric"] = self.metric  # type: ignore[assignment] - which test metric the literature reports (test/primary)
         return report
 
     def describe(self) -> dict[str, Any]:
@@ -345,6 +380,8 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
             "num_classes": self.num_classes,
             "seed": self.seed,
             "max_per_class": self.max_per_class,
+            "subset": self.subset,
+            "subset_sizes": [self.subset_train, self.subset_val] if self.subset else None,
             **self._describe_config(),
             "num_samples": {name: len(splits[name]) for name in SPLITS},
             "images_per_class": {c: {name: per_class[name][i] for name in SPLITS} for i, c in enumerate(self._classes)},

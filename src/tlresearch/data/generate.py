@@ -12,102 +12,31 @@ Command line::
     python -m tlresearch.data.generate pets DIR [--num-classes K] [--images-per-class N]
     python -m tlresearch.data.generate cats_dogs DIR [--images-per-class N]
     python -m tlresearch.data.generate folder DIR [--num-classes K] [--layout split|flat]
+    python -m tlresearch.data.generate {cifar10,cifar100,svhn,pcam,food101,dtd,flowers102,fgvc_aircraft,
+                                        stanford_cars,caltech101,eurosat,sun397} DIR [--num-classes K]
       common: [--min-size PX] [--max-size PX] [--seed S]
 """
 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import io
 import math
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .cats_dogs import CATS_DOGS_ARCHIVE, CATS_DOGS_CLASSES, CATS_DOGS_FOLDER
+from .generate_torchvision import GENERATORS
 from .pets import PET_BREED_IDS, PET_BREED_SPECIES
-
-_GOLDEN = 0.6180339887498949  # spreads class hues evenly around the colour wheel
-
-
-@dataclass
-class Generated:
-    """What a generator wrote."""
-
-    root: Path
-    dataset: str
-    classes: list[str]
-    counts: dict[str, int]  # images per split (or "images" when there is no split)
-    planted: dict[str, str] = field(default_factory=dict)  # relative path -> kind of bad file
-    hint: str = ""  # how to load it
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
-        planted = f"; planted bad files: {', '.join(f'{p} ({k})' for p, k in self.planted.items())}" if self.planted else ""
-        return f"Wrote {self.dataset} ({len(self.classes)} classes: {counts}) to {self.root}{planted}.\n{self.hint}"
-
+from .synthetic import Generated, random_size, render_image
 
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-
-
-def _rgb(hue: float, saturation: float, value: float) -> np.ndarray:
-    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, min(max(saturation, 0.0), 1.0), min(max(value, 0.0), 1.0))
-    return np.array([r, g, b], dtype=np.float32) * 255.0
-
-
-def render_image(rng: np.random.Generator, class_index: int, coarse_index: int, size: tuple[int, int]) -> Image.Image:
-    """A ``size`` (width, height) RGB image of class ``class_index`` in coarse group ``coarse_index``.
-
-    Class signal: foreground hue, shape (ellipse/square/triangle) and stripe frequency and
-    orientation. Coarse signal: background hue. Nuisance: position, size, rotation jitter,
-    lighting gradient, distractor blobs and pixel noise.
-    """
-    width, height = size
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-
-    bg_hue = 0.58 + coarse_index * _GOLDEN  # group 0 bluish, 1 yellow-orange, then spread around the wheel
-    background = _rgb(bg_hue + rng.normal(0, 0.02), 0.35 + rng.uniform(-0.1, 0.1), 0.55 + rng.uniform(-0.1, 0.1))
-    theta = rng.uniform(0, 2 * math.pi)
-    ramp = (xx * math.cos(theta) + yy * math.sin(theta)) / max(width, height)
-    image = background * (0.75 + 0.5 * (ramp - ramp.min()))[..., None]
-
-    for _ in range(int(rng.integers(1, 4))):  # distractors: small blobs of any colour
-        r = rng.uniform(0.05, 0.12) * min(width, height)
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        blob = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
-        image[blob] = _rgb(rng.uniform(), rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.9))
-
-    radius = rng.uniform(0.22, 0.38) * min(width, height)
-    cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
-    angle = math.pi * ((class_index * 0.381966) % 1.0) + rng.normal(0, 0.15)
-    u = ((xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)) / radius
-    v = (-(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)) / radius
-    kind = class_index % 3
-    if kind == 0:
-        shape = u**2 + v**2 <= 1.0
-    elif kind == 1:
-        shape = np.maximum(np.abs(u), np.abs(v)) <= 0.8
-    else:
-        shape = (v >= -1.0) & (v <= 0.8) & (np.abs(u) <= (v + 1.0) * 0.5)  # apex up, base down
-    frequency = 1.5 + (class_index // 3) % 4
-    stripes = np.sin(math.pi * frequency * u + rng.uniform(0, 2 * math.pi)) > 0
-    foreground = _rgb(class_index * _GOLDEN + rng.normal(0, 0.015), 0.85, 0.95)
-    image[shape & stripes] = foreground
-    image[shape & ~stripes] = foreground * 0.45
-
-    image = image + rng.normal(0, 10, image.shape)
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-
-
-def _random_size(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[int, int]:
-    return int(rng.integers(min_size, max_size + 1)), int(rng.integers(min_size, max_size + 1))
 
 
 def _encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
@@ -179,7 +108,7 @@ def generate_pets(
         in_trainval = set(numbers[: math.ceil(images_per_class / 2)].tolist())
         for number in range(1, images_per_class + 1):
             image_id = f"{breed}_{number}"
-            render_image(rng, class_index, species, _random_size(rng, min_size, max_size)).save(images / f"{image_id}.jpg", quality=90)
+            render_image(rng, class_index, species, random_size(rng, min_size, max_size)).save(images / f"{image_id}.jpg", quality=90)
             split = "trainval" if number in in_trainval else "test"
             lines[split].append(f"{image_id} {class_index + 1} {species + 1} {within_species[species]}")
     for split in lines:  # ordered as in the real files: by class, then image id
@@ -248,7 +177,7 @@ def generate_cats_dogs(
             folder = f"{CATS_DOGS_FOLDER}/{name}"
             zf.writestr(f"{folder}/", b"")
             for number in range(images_per_class):
-                image = render_image(rng, class_index, class_index, _random_size(rng, min_size, max_size))
+                image = render_image(rng, class_index, class_index, random_size(rng, min_size, max_size))
                 zf.writestr(f"{folder}/{number}.jpg", _encode(image))
             for filename, (kind, data) in _bad_files(rng, class_index, images_per_class, (min_size, min_size)).items():
                 zf.writestr(f"{folder}/{filename}", data)
@@ -301,7 +230,7 @@ def generate_folder(
         for number, split in enumerate(assignment):
             folder = root / split / name if layout == "split" else root / name
             folder.mkdir(parents=True, exist_ok=True)
-            render_image(rng, class_index, class_index, _random_size(rng, min_size, max_size)).save(folder / f"{number}.jpg", quality=90)
+            render_image(rng, class_index, class_index, random_size(rng, min_size, max_size)).save(folder / f"{number}.jpg", quality=90)
             key = split if layout == "split" else "images"
             counts[key] = counts.get(key, 0) + 1
     return Generated(
@@ -321,18 +250,20 @@ def generate_folder(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m tlresearch.data.generate``."""
     parser = argparse.ArgumentParser(prog="python -m tlresearch.data.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=("pets", "cats_dogs", "folder"), help="which on-disk format to write")
+    parser.add_argument("dataset", choices=("pets", "cats_dogs", "folder", *GENERATORS), help="which on-disk format to write")
     parser.add_argument("dir", type=Path, help="output folder (what data.root will point at)")
     parser.add_argument("--images-per-class", type=int, default=10, help="images per class (default 10)")
     parser.add_argument("--num-classes", type=int, default=None, help="pets: first K breeds (default 37); folder: classes (default 3)")
-    parser.add_argument("--layout", choices=("split", "flat"), default="split", help="folder only: train/val/test folders or one folder per class")
+    parser.add_argument("--layout", choices=("split", "flat"), default="split", help="folder: split folders or one per class")
     parser.add_argument("--min-size", type=int, default=64, help="smallest image side in pixels (default 64)")
     parser.add_argument("--max-size", type=int, default=128, help="largest image side in pixels (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     common = {"images_per_class": args.images_per_class, "min_size": args.min_size, "max_size": args.max_size, "seed": args.seed}
     try:
-        if args.dataset == "pets":
+        if args.dataset in GENERATORS:  # the torchvision datasets' formats (data/generate_torchvision.py)
+            result = GENERATORS[args.dataset](args.dir, args.num_classes or 3, args.images_per_class, args.seed)
+        elif args.dataset == "pets":
             result = generate_pets(args.dir, num_classes=args.num_classes or len(PET_BREED_IDS), **common)
         elif args.dataset == "cats_dogs":
             if args.num_classes not in (None, 2):

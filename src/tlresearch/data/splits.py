@@ -136,6 +136,28 @@ def stratified_split(
     return {name: sorted(split, key=lambda s: s.rel) for name, split in out.items()}
 
 
+#: ``data.subset`` values: VTAB-1k's train/val draw, and its final run on all of it.
+SUBSETS = ("vtab1k", "vtab1k_full")
+
+
+def vtab1k_subset(pool: Sequence[Sample], seed: int, n_train: int, n_val: int, *, full: bool) -> dict[str, list[Sample]]:
+    """VTAB-1k: ``n_train`` + ``n_val`` samples drawn with ``seed`` from ``pool`` (the official
+    train+val), not stratified (as VTAB). ``full``: train on all of them, no val (the final run).
+    The draw is nested in ``seed`` and independent of the pool's order."""
+    wanted = n_train + n_val
+    if len(pool) < wanted:
+        raise ConfigError(
+            f"data.subset={'vtab1k_full' if full else 'vtab1k'}: the train+val pool has {len(pool)} images, fewer than "
+            f"data.subset_train + data.subset_val = {wanted}. Lower them, or set data.subset=null."
+        )
+    drawn = sorted(pool, key=lambda s: s.rel)
+    random.Random(f"{seed}:vtab1k").shuffle(drawn)
+    drawn = drawn[:wanted]
+    if full:
+        return {"train": sorted(drawn, key=lambda s: s.rel), "val": []}
+    return {"train": sorted(drawn[:n_train], key=lambda s: s.rel), "val": sorted(drawn[n_train:], key=lambda s: s.rel)}
+
+
 def take_per_class(samples: Iterable[Sample], k: int, seed: int) -> list[Sample]:
     """A deterministic subset of at most ``k`` samples per label.
 
