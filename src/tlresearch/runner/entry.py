@@ -51,7 +51,8 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     exception is a bug and keeps its traceback. Either way the run directory's
     ``metrics.json`` records ``status: failed`` and the error, and inside a multirun the sweep
     carries on with the next job. A run stopped from outside (Ctrl-C, SIGTERM) records
-    ``status: interrupted`` (SIGTERM: exit status 143, after writing ``last.ckpt``); a SIGKILLed one has no record at all (tables show it as missing).
+    ``status: interrupted`` (SIGTERM: exit status 143, after writing ``last.ckpt``); a SIGKILLed
+    one has no record at all (tables show it as missing).
     """
     out_dir = Path(cfg.paths.output_dir) if "paths" in cfg else None
     failed = True
