@@ -132,3 +132,15 @@ class OptimizerProbe(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.backbone[f"epoch{trainer.current_epoch}"] = self._snapshot(pl_module)
+
+
+class TermAtStep(pl.Callback):
+    """Sends SIGTERM (what SLURM sends before pre-emption or at the time limit) to its own process
+    when training is about to run optimizer step ``at_step``; that step still runs."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -32,6 +32,7 @@ from tlresearch.data.sampler import (
     shuffled_loader,
 )
 from tlresearch.models.classifier import TransferClassifier, load_classifier
+from tlresearch.runner.loggers import continue_logs, wandb_logger
 from tlresearch.train import train
 
 
@@ -174,11 +175,30 @@ def assert_same_tensors(a, b, where: str = "") -> None:
         assert a == b, where
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(folder_root, tmp_path_factory) -> tuple[Path, dict]:
+    """The run of :data:`RESUMABLE` without interruption (with TensorBoard too): its directory and metrics."""
+    reference_dir = tmp_path_factory.mktemp("uninterrupted")
+    reference, _ = train(compose_cfg("train", [*RESUMABLE, f"data.root={folder_root}", "logger=tensorboard"], reference_dir))
+    return reference_dir, reference
+
+
+def assert_same_end(run_dir: Path, resumed: dict, reference_dir: Path, reference: dict) -> None:
+    """The resumed run ends as the uninterrupted one: metrics, weights, optimizer, scheduler."""
+    assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"] == 15
+    compared = [k for k, v in reference.items() if k.startswith(("test/", "val/")) and isinstance(v, float)]
+    assert len(compared) >= 6
+    assert {k: resumed[k] for k in compared} == {k: reference[k] for k in compared}
+    final, expected = read_last(run_dir), read_last(reference_dir)
+    assert_same_tensors(final["state_dict"], expected["state_dict"], "state_dict")
+    assert_same_tensors(final["optimizer_states"], expected["optimizer_states"], "optimizer")
+    assert_same_tensors(final["lr_schedulers"], expected["lr_schedulers"], "lr_scheduler")
+
+
 @pytest.mark.slow
-def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, tmp_path):
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, tmp_path, uninterrupted):
     overrides = [*RESUMABLE, f"data.root={folder_root}"]
-    reference_dir = tmp_path / "reference"
-    reference, _ = train(compose_cfg("train", overrides, reference_dir))
+    reference_dir, reference = uninterrupted
 
     # SIGKILLed just before step 8, in epoch 1 while layer4 trains: last.ckpt is step 6's, so the
     # resumed run restores epoch 1's schedule mid-epoch, redoes step 7, then crosses into epoch 2
@@ -197,15 +217,8 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
     assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
 
     assert list((run_dir / "checkpoints").glob("frozen-*.pt")) == []  # finished: self-contained checkpoints
-    resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"] == 15
-    compared = [k for k, v in reference.items() if k.startswith(("test/", "val/")) and isinstance(v, float)]
-    assert len(compared) >= 6
-    assert {k: resumed[k] for k in compared} == {k: reference[k] for k in compared}
-    final, expected = read_last(run_dir), read_last(reference_dir)
-    assert_same_tensors(final["state_dict"], expected["state_dict"], "state_dict")
-    assert_same_tensors(final["optimizer_states"], expected["optimizer_states"], "optimizer")
-    assert_same_tensors(final["lr_schedulers"], expected["lr_schedulers"], "lr_scheduler")
+    assert_same_end(run_dir, json.loads((run_dir / "metrics.json").read_text()), reference_dir, reference)
+    final = read_last(run_dir)
     # Both blocks trained after the resume (the comparison is not one of frozen weights).
     assert not torch.equal(final["state_dict"][LAYER4], at_kill["state_dict"][LAYER4])
     assert not torch.equal(final["state_dict"][LAYER3], at_kill["state_dict"][LAYER3])
@@ -224,6 +237,58 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(folder_root, t
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert provenance["previous"]["run"]["resumed_from"] is None  # the killed first part
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every TensorBoard event of ``tag`` in the run, as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_sigterm_writes_last_ckpt_exits_143_and_resumes_to_the_uninterrupted_result(folder_root, tmp_path, uninterrupted):
+    reference_dir, reference = uninterrupted
+    overrides = [*RESUMABLE, f"data.root={folder_root}", "logger=tensorboard"]
+    run_dir = tmp_path / "terminated"
+    # SIGTERM during step 7, mid-epoch 1: last.ckpt is written after it (steps due: every 2nd only).
+    stopped = run_cli("tlresearch.train", *overrides, f"hydra.run.dir={run_dir}",
+                      "+callbacks.term._target_=tests.probes.TermAtStep", "+callbacks.term.at_step=6")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert read_last(run_dir)["global_step"] == 7
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "resume=auto" in record["error"]
+
+    resumed, _ = train(compose_cfg("train", [*overrides, "resume=auto"], run_dir))
+    assert_same_end(run_dir, resumed, reference_dir, reference)
+    # Each step is logged once: TensorBoard purged the events after step 7 that the resume replays,
+    # CSV kept the rows before it (the training aggregates of the resumed epoch aside).
+    for tag in ("train/loss_step", "lr-SGD/head"):
+        assert scalars(run_dir, tag) == scalars(reference_dir, tag), tag
+    steps = [(r["step"], r["epoch"]) for r in read_csv_rows(run_dir)]
+    assert steps == [(r["step"], r["epoch"]) for r in read_csv_rows(reference_dir)]
+
+
+def test_a_resumed_wandb_run_continues_the_same_run_and_skips_logged_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    first = wandb_logger(str(tmp_path), offline=True)
+    for step in range(4):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    run_id = first.experiment.id
+    first.experiment.finish()
+    assert json.loads((tmp_path / "wandb_run_id").read_text()) == {"id": run_id, "step": 3}
+
+    resumed = wandb_logger(str(tmp_path), offline=True)
+    continue_logs([resumed], 2)  # resumed from step 2's checkpoint: steps 2 and 3 are replayed
+    assert resumed.experiment.id == run_id
+    logged: list[int] = []
+    monkeypatch.setattr(resumed.experiment, "log", lambda row, **_: logged.append(row["trainer/global_step"]))
+    for step in range(2, 6):
+        resumed.log_metrics({"train/loss": float(step)}, step=step)
+    resumed.experiment.finish()
+    assert logged == [4, 5]
 
 
 def test_a_resumed_csv_log_keeps_the_rows_before_the_resumed_step_and_appends(tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 
 
 class PlantedFailure(RuntimeError):
@@ -20,3 +21,22 @@ class FailWhen(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.key == self.fail_on:
             raise PlantedFailure(f"planted failure for {self.key}")
+
+
+class FaultBySeed(pl.Callback):
+    """Make a share of a sweep's jobs fail, each way chosen by the job's ``seed`` (modulo 8):
+    1: the loss becomes NaN at the first step (the head's weights set to NaN, as after a
+    divergence); 5: :class:`PlantedFailure` when fitting starts; others run normally."""
+
+    def __init__(self, seed: int) -> None:
+        self.way = int(seed) % 8
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.way == 5:
+            raise PlantedFailure(f"planted failure (way {self.way})")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.way == 1:
+            with torch.no_grad():
+                for p in pl_module.head.parameters():
+                    p.fill_(float("nan"))

@@ -13,8 +13,9 @@ group, LR scheduler, loop counters, callbacks):
   classifier re-applies it when training starts (Lightning skips ``on_train_epoch_start`` when
   it resumes mid-epoch).
 
-:class:`LastCheckpoint` writes ``last.ckpt`` at the end of every epoch and, with
-``every_n_train_steps``, every N optimizer steps; ``resume=auto`` continues from it.
+:class:`LastCheckpoint` writes ``last.ckpt`` at the end of every epoch, with
+``every_n_train_steps`` every N optimizer steps, and after the step during which the process
+received SIGTERM (then the run exits with code 143); ``resume=auto`` continues from it.
 :func:`check_resume_checkpoint` refuses, before any work, a checkpoint that cannot continue this
 config (other classes, backbone, schedule, optimizer).
 """
@@ -141,8 +142,13 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
+        # SIGTERM (SLURM's pre-emption or time-limit notice): write last.ckpt now, after this step;
+        # Lightning then stops the run with its SIGTERMException. Under DDP every rank writes
+        # together (the save is collective) when any rank was signalled.
+        stopping = trainer.strategy.reduce_boolean_decision(trainer.received_sigterm, all=False)
+        due = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
         # With gradient accumulation several batches share a step: write once, after the step.
-        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self._saved_step:
+        if (stopping or due) and step != self._saved_step:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -7,6 +7,7 @@ task function and add only error reporting, the exit code and the value sweepers
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 import warnings
@@ -25,6 +26,9 @@ from tlresearch.results.wandb_report import finish_open_wandb_run
 from tlresearch.runner.distributed import distributed_job, is_multirun
 
 log = logging.getLogger("tlresearch")
+
+#: Exit status of a run stopped by SIGTERM (last.ckpt written): 128 + 15, as a shell reports it.
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
 
 # Lightning 2.6 on torch >= 2.10 warns about its own use of a deprecated torch API on every
 # step; the command lines keep their output for what the user can act on.
@@ -47,7 +51,8 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     exception is a bug and keeps its traceback. Either way the run directory's
     ``metrics.json`` records ``status: failed`` and the error, and inside a multirun the sweep
     carries on with the next job. A run stopped from outside (Ctrl-C, SIGTERM) records
-    ``status: interrupted``; a SIGKILLed one has no record at all (tables show it as missing).
+    ``status: interrupted`` (SIGTERM: exit status 143, after writing ``last.ckpt``); a SIGKILLed
+    one has no record at all (tables show it as missing).
     """
     out_dir = Path(cfg.paths.output_dir) if "paths" in cfg else None
     failed = True
@@ -69,6 +74,8 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
             _record_failure(out_dir, "interrupted (Ctrl-C or SIGTERM); continue it with resume=auto", status="interrupted")
         else:
             _record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
+        if isinstance(exc, SIGTERMException):  # Lightning's carries no code (exit 0): a scheduler must see the kill
+            raise SystemExit(SIGTERM_EXIT_CODE) from exc
         raise
     except Exception as exc:
         _record_failure(out_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())

@@ -1,19 +1,29 @@
 """Loggers: W&B that falls back to offline mode (and says so) without an API key; a CSV logger
-whose metrics.csv survives a resume."""
+whose metrics.csv survives a resume.
+
+A resumed run (``resume=auto``, ``ckpt_path``) replays the steps between its checkpoint and the
+interruption; :func:`continue_logs` makes every logger record each step once: CSV keeps the rows
+before the resumed step, TensorBoard purges the events from it on (``purge_step``), and W&B
+continues the same run (its id is kept in ``<run dir>/wandb_run_id``) and skips the steps it
+already logged.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
 
+from tlresearch.core.files import write_json_atomic
 from tlresearch.results.wandb_report import cell_group, hydra_context, run_tags
 
 log = logging.getLogger(__name__)
@@ -40,10 +50,40 @@ class ReportingWandbLogger(WandbLogger):
         **kwargs: ``WandbLogger`` / ``wandb.init`` arguments.
     """
 
+    #: The file of the run directory that keeps the W&B run's id and the last step logged to it.
+    RUN_FILE = "wandb_run_id"
+
     def __init__(self, *, prediction_rows: int = 100, prediction_image_size: int = 96, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.prediction_rows = int(prediction_rows)
         self.prediction_image_size = int(prediction_image_size)
+        self._run_file = Path(self.save_dir or ".") / self.RUN_FILE
+        self._logged_step = -1  # steps up to this one are in the W&B run already (a resumed run skips them)
+
+    def continue_run(self) -> None:
+        """Continue the W&B run of this run directory (its id in ``wandb_run_id``): called on a
+        resume, before the run starts. Steps it already logged are not logged again."""
+        if self._experiment is not None:
+            raise RuntimeError("ReportingWandbLogger.continue_run() must be called before the W&B run starts.")
+        try:
+            saved = json.loads(self._run_file.read_text())
+        except (OSError, ValueError):
+            return  # no W&B run yet (killed before its first log): a new one
+        self._id = self._wandb_init["id"] = saved["id"]
+        self._wandb_init["resume"] = "allow"
+        self._logged_step = int(saved.get("step", -1))
+
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        if step is not None and step <= self._logged_step:
+            return  # replayed after a resume: W&B has this step from the interrupted run
+        super().log_metrics(metrics, step)
+        if step is not None:
+            self._logged_step = step
+            self._remember(step)
+
+    @rank_zero_only
+    def _remember(self, step: int) -> None:
+        write_json_atomic(self._run_file, {"id": self.experiment.id, "step": step})
 
 
 def wandb_logger(
@@ -124,8 +164,13 @@ def _logged_before(row: dict[str, str], step: int) -> bool:
 
 
 def continue_logs(loggers: Iterable[Logger], step: int) -> None:
-    """Tell the loggers that keep files across a resume (:class:`ResumableCSVLogger`) that the
-    run resumes at ``step``."""
+    """Tell the loggers that the run resumes at ``step`` (before anything is logged), so that the
+    steps it replays are recorded once: CSV keeps its rows before ``step``, TensorBoard purges its
+    events from ``step`` on, W&B continues its run and skips the steps it has."""
     for lg in loggers:
         if isinstance(lg, ResumableCSVLogger):
             lg.continue_from(step)
+        elif isinstance(lg, TensorBoardLogger):
+            lg._kwargs["purge_step"] = step  # passed to its SummaryWriter, created at the first log
+        elif isinstance(lg, ReportingWandbLogger):
+            lg.continue_run()
