@@ -114,7 +114,7 @@ def check_checkpoint_targets(hparams: Any, what: str, trust_targets: Iterable[st
     checkpoint hyper-parameters ``hparams`` can only call what the allow-list names (the module
     docstring) or a module under one of ``trust_targets``. ``what`` names the checkpoint
     (``ckpt_path='...'``) in the message."""
-    trusted = check_module_prefixes("trust_targets", list(trust_targets))
+    trusted = check_module_prefixes("trust_targets", trust_targets)
     if hparams is None:
         return
     if not isinstance(hparams, Mapping):
@@ -165,8 +165,9 @@ def _is_special(key: Any) -> bool:
 
 
 def check_checkpoint_file(path: str | os.PathLike, key: str = "ckpt_path", trust_targets: Iterable[str] = ()) -> dict[str, Any]:
-    """Read the checkpoint at ``path`` (``weights_only``, tensors memory-mapped) and check its
-    hyper-parameters (:func:`check_checkpoint_targets`); return it. ``key`` names it in messages."""
-    ckpt = read_checkpoint(path, key, mmap=True)
+    """Read the checkpoint at ``path`` (``weights_only``) and check its hyper-parameters
+    (:func:`check_checkpoint_targets`); return it. ``key`` names it in messages. The tensors are
+    read, not memory-mapped: a read checks each tensor's record against its header."""
+    ckpt = read_checkpoint(path, key)
     check_checkpoint_targets(ckpt.get("hyper_parameters"), f"{key}={str(path)!r}", trust_targets)
     return ckpt

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.core.saving import load_hparams_from_yaml
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.core.saving import load_hparams_from_yaml
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -144,7 +144,7 @@ class TransferClassifier(pl.LightningModule):
         """Lightning's loader (of a local file, always ``weights_only``), refusing a checkpoint whose
         hyper-parameters (with ``hparams_file`` and ``kwargs``) name code off the allow-list
         (``models/checkpoint_targets.py``) before anything is built."""
-        hparams = dict(read_checkpoint(checkpoint_path, "checkpoint_path", mmap=True).get("hyper_parameters") or {})
+        hparams = dict(read_checkpoint(checkpoint_path, "checkpoint_path").get("hyper_parameters") or {})
         hparams.update({**(load_hparams_from_yaml(hparams_file) if hparams_file else {}), **kwargs})
         check_checkpoint_targets(hparams, f"checkpoint_path={str(checkpoint_path)!r}", trust_targets)
         load = pl.LightningModule.load_from_checkpoint.__func__  # Lightning's own, bound to cls below
