@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     check_choice("split", cfg.split, SPLITS)
     seed = check_seed(cfg.seed)
     pl.seed_everything(seed, workers=True)
-    model = load_classifier(cfg.ckpt_path)
+    model = load_classifier(cfg.ckpt_path, trust_targets=cfg.get("trust_targets") or ())
     datamodule = instantiate_node(cfg.data, "data")
     datamodule.set_preprocessing(model.backbone.preprocessing)
     check_classes_match(model, list(datamodule.classes))

@@ -20,7 +20,7 @@ from tlresearch.runner.entry import config_dir, run_task
 def predict(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Print and return the top-k classes with probabilities for each image."""
     require(int(cfg.top_k) >= 1, "top_k", cfg.top_k, "use a positive integer.")
-    model = load_classifier(cfg.ckpt_path, map_location=cfg.device).to(cfg.device)
+    model = load_classifier(cfg.ckpt_path, map_location=cfg.device, trust_targets=cfg.get("trust_targets") or ()).to(cfg.device)
     transform = eval_transform(model.backbone.preprocessing)
     names = list(model.hparams.class_names or range(model.hparams.num_classes))
     k = min(int(cfg.top_k), len(names))

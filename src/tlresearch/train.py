@@ -26,6 +26,7 @@ from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
 from tlresearch.core.instantiate import instantiate_group, instantiate_node
 from tlresearch.data.datamodule import primary_metrics
+from tlresearch.models.checkpoint_targets import check_checkpoint_file
 from tlresearch.models.classifier import TransferClassifier
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.feature_store import DEFAULT_LOCK_TIMEOUT_H, DEFAULT_MAX_GB
@@ -54,14 +55,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     seed = check_seed(cfg.seed)
     pl.seed_everything(seed, workers=True)
 
+    ckpt_path = resume_checkpoint(cfg, out_dir)
+    ckpt_key = "ckpt_path" if cfg.get("ckpt_path") else "resume=auto: checkpoint"
+    if ckpt_path is not None:  # one that names code off the allow-list is refused before anything is built
+        check_checkpoint_file(ckpt_path, ckpt_key, cfg.get("trust_targets") or ())
     datamodule = instantiate_node(cfg.data, "data")
     check_class_names(datamodule.classes)  # predictions.csv must hold them: say so now, not after training
     model = build_classifier(cfg, num_classes=datamodule.num_classes, class_names=list(datamodule.classes))
     datamodule.set_preprocessing(model.backbone.preprocessing)
-    ckpt_path = resume_checkpoint(cfg, out_dir)
     resumed_step = None
     if ckpt_path is not None:  # refuse a checkpoint of another setup now, not after minutes of setup
-        resumed_step = check_resume_checkpoint(ckpt_path, model, "ckpt_path" if cfg.get("ckpt_path") else "resume=auto: checkpoint")
+        resumed_step = check_resume_checkpoint(ckpt_path, model, ckpt_key)
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     check_monitors(callbacks, model.logged_metrics())

@@ -117,7 +117,7 @@ def build_network(cfg: DictConfig) -> FrozenClassifier:
     """The network under study: ``ckpt_path`` (a tlresearch.train checkpoint) when given,
     else the ``backbone`` config with its pretrained ImageNet head."""
     if cfg.get("ckpt_path"):
-        return network_from_checkpoint(cfg.ckpt_path, "ckpt_path")
+        return network_from_checkpoint(cfg.ckpt_path, "ckpt_path", cfg.get("trust_targets") or ())
     if cfg.get("backbone") is None:
         raise ConfigError("no network to study: choose backbone=<name> (conf/backbone/) or give ckpt_path=<checkpoint>.")
     return network_from_backbone(cfg.backbone, "backbone")
@@ -127,7 +127,7 @@ def build_check_network(cfg: DictConfig, network: FrozenClassifier) -> FrozenCla
     """The optional second network (``check_ckpt_path`` or ``backbone@check_backbone=<name>``);
     it must have the same classes, compared by index."""
     if cfg.get("check_ckpt_path"):
-        check, key = network_from_checkpoint(cfg.check_ckpt_path, "check_ckpt_path"), "check_ckpt_path"
+        check, key = network_from_checkpoint(cfg.check_ckpt_path, "check_ckpt_path", cfg.get("trust_targets") or ()), "check_ckpt_path"
     elif cfg.get("check_backbone"):
         check, key = network_from_backbone(cfg.check_backbone, "check_backbone"), "check_backbone"
     else:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
@@ -52,6 +53,7 @@ FROZEN_KEYS = "frozen_state_keys"
 #: Checkpoint entry that refers to the frozen-state file: ``{"file", "id", "keys", "order"}``.
 FROZEN_STATE = "frozen_state"
 _FROZEN_FILE_GLOB = "frozen-*.pt"
+_FROZEN_FILE_NAME = re.compile(r"frozen-[0-9a-f]{1,64}\.pt")
 
 
 class CheckpointWriteError(OutputWriteError):
@@ -200,6 +202,11 @@ def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path", *, map_loca
 def _load_checkpoint_file(file: Path, what: str, *, map_location: Any, mmap: bool) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of one file, with the errors users see; ``what`` names it."""
     if not zipfile.is_zipfile(file):  # torch.save writes a zip archive; its directory is written last
+        if _is_pickle(file):
+            raise ConfigError(
+                f"{what} is refused: it is a bare pickle, not the zip archive torch.save writes, and loading a pickle "
+                f"can run code. {_USE_ANOTHER}"
+            )
         raise ConfigError(
             f"{what} could not be read as a PyTorch checkpoint: it is not a complete zip archive, as "
             f"torch.save writes them: it was cut short (a crash, a full disk or a partial copy). {_USE_ANOTHER}"
@@ -222,6 +229,13 @@ def _load_checkpoint_file(file: Path, what: str, *, map_location: Any, mmap: boo
     return ckpt
 
 
+def _is_pickle(file: Path) -> bool:
+    """Whether ``file`` starts as a pickle of protocol 2 or later does (``PROTO`` opcode)."""
+    with open(file, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def attach_frozen_state(checkpoint: dict[str, Any], path: Any, key: str = "ckpt_path", *, map_location: Any = "cpu",
                         mmap: bool = False) -> dict[str, Any]:
     """``checkpoint`` with the tensors it keeps in its run's frozen-state file put back into its
@@ -230,7 +244,7 @@ def attach_frozen_state(checkpoint: dict[str, Any], path: Any, key: str = "ckpt_
     if reference is None:
         return checkpoint
     what = f"{key}={str(path)!r}"
-    file = Path(path).parent / reference["file"]
+    file = _frozen_state_file(reference, Path(path), what)
     if not file.is_file():
         raise ConfigError(
             f"{what} keeps the weights of its frozen layers in {reference['file']}, written once per run beside it, "
@@ -250,6 +264,23 @@ def attach_frozen_state(checkpoint: dict[str, Any], path: Any, key: str = "ckpt_
     complete = {k: v for k, v in checkpoint.items() if k != FROZEN_STATE}
     complete["state_dict"] = {k: state[k] for k in reference["order"]}
     return complete
+
+
+def _frozen_state_file(reference: Any, checkpoint: Path, what: str) -> Path:
+    """The frozen-state file ``reference`` names: a ``frozen-<id>.pt`` in the checkpoint's own
+    folder, never a path out of it (``..``, absolute, a symlink elsewhere): a crafted checkpoint
+    must not make us read, or later delete, another file."""
+    fields = {"file": str, "id": str, "keys": list, "order": list}
+    if not isinstance(reference, dict) or not all(isinstance(reference.get(k), t) for k, t in fields.items()):
+        raise ConfigError(f"{what} is refused: its {FROZEN_STATE} entry is malformed ({str(reference)[:100]}). {_USE_ANOTHER}")
+    name, folder = reference["file"], checkpoint.parent
+    file = folder / name
+    if not _FROZEN_FILE_NAME.fullmatch(name) or (file.exists() and file.resolve().parent != folder.resolve()):
+        raise ConfigError(
+            f"{what} is refused: it names {name!r} as its frozen-state file, which must be a frozen-<id>.pt file in the "
+            f"checkpoint's own folder ({folder}), not a path or a link out of it. {_USE_ANOTHER}"
+        )
+    return file
 
 
 def _unsafe_global(exc: BaseException) -> str | None:

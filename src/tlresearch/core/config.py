@@ -4,8 +4,8 @@ One place for every check of a user's settings, so that each kind of mistake get
 ``<key>=<value> is invalid: <the fix>``, naming the full config key, the bad value and what to
 use instead (with close-name suggestions for misspelt choices and keys).
 
-* scalar checks: :func:`check_bool`, :func:`check_int`, :func:`check_positive`, :func:`check_choice`, :func:`require`,
-  :func:`parse_amount`;
+* scalar checks: :func:`check_bool`, :func:`check_int`, :func:`check_positive`, :func:`check_choice`,
+  :func:`require`, :func:`parse_amount`, :func:`check_module_prefixes`;
 * typed settings: :func:`from_node` builds a frozen dataclass from a config node, rejecting
   unknown keys, and lets the class validate its values (``validate(key)``);
 * checks of settings that Lightning or torch would reject late or not at all:
@@ -85,6 +85,14 @@ def check_choice(key: str, value: Any, choices: Sequence[str]) -> Any:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is invalid: use one of {list(choices)}.{suggest(str(value), choices)}")
     return value
+
+
+def check_module_prefixes(key: str, value: Any) -> tuple[str, ...]:
+    """A list of dotted module names (``[my_pkg, lab.models]``), e.g. the packages a user trusts."""
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    ok = items is not None and all(isinstance(v, str) and all(p.isidentifier() for p in v.split(".")) for v in items)
+    require(ok, key, value, "use a list of module names, e.g. [my_pkg] (or [] for none).")
+    return tuple(items or ())
 
 
 def parse_amount(value: Any, key: str) -> float:

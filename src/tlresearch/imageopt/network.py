@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,11 @@ def network_from_backbone(backbone_cfg: Any, key: str = "backbone") -> FrozenCla
     )
 
 
-def network_from_checkpoint(ckpt_path: str | Path, key: str = "ckpt_path") -> FrozenClassifier:
-    """A classifier trained by ``tlresearch.train``; its classes are that dataset's classes."""
+def network_from_checkpoint(ckpt_path: str | Path, key: str = "ckpt_path", trust_targets: Iterable[str] = ()) -> FrozenClassifier:
+    """A classifier trained by ``tlresearch.train``; its classes are that dataset's classes
+    (``trust_targets``: as :func:`~tlresearch.models.classifier.load_classifier` takes them)."""
     try:
-        model = load_classifier(ckpt_path)
+        model = load_classifier(ckpt_path, trust_targets=trust_targets)
     except ConfigError as exc:
         if key == "ckpt_path":
             raise

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.core.saving import load_hparams_from_yaml
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -27,6 +28,7 @@ from tlresearch.finetune.base import FreezeSchedule, GroupSpec, Stage
 from tlresearch.finetune.stages import NO_DECAY, enter_stage, stage_index
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
+from tlresearch.models.checkpoint_targets import check_checkpoint_targets
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 from tlresearch.models.predictions import Record, TestPredictions
 
@@ -134,6 +136,19 @@ class TransferClassifier(pl.LightningModule):
         if isinstance(hparams.get("backbone"), Mapping):
             hparams["backbone"] = current_backbone_config(hparams["backbone"])
         return hparams
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, map_location: Any = None, hparams_file: str | Path | None = None,
+                             strict: bool | None = None, weights_only: bool | None = None, *,
+                             trust_targets: Iterable[str] = (), **kwargs: Any) -> TransferClassifier:
+        """Lightning's loader (of a local file, always ``weights_only``), refusing a checkpoint whose
+        hyper-parameters (with ``hparams_file`` and ``kwargs``) name code off the allow-list
+        (``models/checkpoint_targets.py``) before anything is built."""
+        hparams = dict(read_checkpoint(checkpoint_path, "checkpoint_path").get("hyper_parameters") or {})
+        hparams.update({**(load_hparams_from_yaml(hparams_file) if hparams_file else {}), **kwargs})
+        check_checkpoint_targets(hparams, f"checkpoint_path={str(checkpoint_path)!r}", trust_targets)
+        load = pl.LightningModule.load_from_checkpoint.__func__  # Lightning's own, bound to cls below
+        return load(cls, checkpoint_path, map_location, hparams_file, strict, weights_only=True, **kwargs)
 
     # ------------------------------------------------------------------ freeze schedule
 
@@ -348,14 +363,18 @@ def _check_optimizer(optimizer: dict) -> None:
         ) from exc
 
 
-def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> TransferClassifier:
+def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
+                    trust_targets: Iterable[str] = ()) -> TransferClassifier:
     """Rebuild a :class:`TransferClassifier` from a checkpoint written by ``tlresearch.train``.
 
     The backbone is rebuilt without downloading pretrained weights (the checkpoint holds the
-    trained ones). The file is read with ``torch.load(weights_only=True)``: no pickled code runs.
+    trained ones). The file is read with ``torch.load(weights_only=True)``: no pickled code runs;
+    and its hyper-parameters may name only the allow-list's code (``models/checkpoint_targets.py``;
+    ``trust_targets``: module prefixes also allowed), checked before anything is built.
     """
     ckpt = read_checkpoint(ckpt_path, "ckpt_path", map_location=map_location)
     hparams = ckpt.get("hyper_parameters")
+    check_checkpoint_targets(hparams, f"ckpt_path={str(ckpt_path)!r}", trust_targets)
     if not hparams or "backbone" not in hparams or "state_dict" not in ckpt:
         raise ConfigError(
             f"ckpt_path={str(ckpt_path)!r} is not a tlresearch classifier checkpoint (no backbone hyper-parameters); "
