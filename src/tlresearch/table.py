@@ -7,6 +7,7 @@ Examples::
     python -m tlresearch.table outputs/ --metric test/acc --plot acc.png --show-runs
     python -m tlresearch.table multirun/ --rows backbone --cols finetune --ci
     python -m tlresearch.table multirun/ --rows backbone --cols finetune --compare linear_probe full
+    python -m tlresearch.table multirun/ --rows backbone,finetune --cols data --metric literature --average --groups vtab
 
 The table goes to stdout; warnings (e.g. runs with different settings averaged together)
 and errors go to stderr. A user mistake (no runs, unknown metric or key) exits with status 2
@@ -27,6 +28,7 @@ from tlresearch.results.compare_formats import render_comparison
 from tlresearch.results.formats import FORMATS, render
 from tlresearch.results.plots import plot_table
 from tlresearch.results.records import find_runs
+from tlresearch.results.suites import GROUPS, LITERATURE, LITERATURE_KEY, add_summary_columns, with_literature_metric
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "metrics; default: the keys that vary across runs, seed excluded")
     parser.add_argument("--cols", type=_key_list, default=None, metavar="KEY[,KEY…]",
                         help="keys for the columns (default: a single column)")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"metrics.json key (default: {DEFAULT_METRIC})")
+    parser.add_argument("--metric", default=DEFAULT_METRIC,
+                        help=f"metrics.json key (default: {DEFAULT_METRIC}), or '{LITERATURE}': each dataset's metric "
+                             "as the literature reports it (test/primary; for older runs mean per-class accuracy on "
+                             "aircraft, caltech101, flowers102, pets and top-1 elsewhere)")
+    parser.add_argument("--average", action="store_true",
+                        help="add a column with each row's mean over the dataset columns (use with --cols data)")
+    parser.add_argument("--groups", choices=tuple(GROUPS), default=None,
+                        help="add group-mean columns: vtab = VTAB's natural / specialized / structured")
     parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format (default: markdown)")
     parser.add_argument("--plot", metavar="FILE", default=None, help="also write a grouped bar chart PNG to FILE")
     parser.add_argument("--show-runs", action="store_true",
@@ -85,13 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "folder (train writes it into outputs/DATE/TIME/ or multirun/DATE/TIME/N/); pass such a directory "
                 "or a folder above it."
             )
-        table = build_table(runs, metric=args.metric, rows=args.rows, cols=args.cols, percent=args.percent,
+        metric = args.metric
+        if metric == LITERATURE:
+            runs, metric = with_literature_metric(runs), LITERATURE_KEY
+        table = build_table(runs, metric=metric, rows=args.rows, cols=args.cols, percent=args.percent,
                             goal=args.goal, decimals=args.decimals)
         comparison = None
         if args.compare:
             col_a, col_b = (find_column(table, name) for name in args.compare)
             comparison = (compare_columns(table, col_a, col_b), col_a, col_b)
         marks = table_marks(table)
+        if args.average or args.groups:  # after the marks: summary columns do not compete for bold
+            add_summary_columns(table, average=args.average, groups=args.groups)
         for message in [*table.warnings, *marks.warnings]:
             print(f"warning: {message}", file=sys.stderr)
         if comparison is None or args.format != "csv":  # one CSV per output: with --compare, the comparison's

@@ -14,7 +14,9 @@ from tlresearch.models.backbones import create_backbone
 from tlresearch.models.torchvision_backbones import create_backbone as torchvision_backbone
 from tlresearch.runner.entry import config_dir
 
-TORCHVISION_CONFIGS = sorted(p.stem for p in (config_dir() / "backbone").glob("*.yaml") if not p.stem.startswith("_") and p.stem != "timm")
+TORCHVISION_CONFIGS = sorted(
+    p.stem for p in (config_dir() / "backbone").glob("*.yaml") if not p.stem.startswith("_") and "- _torchvision" in p.read_text()
+)
 
 
 def test_every_required_backbone_has_a_config():

@@ -23,6 +23,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tests.helpers import compose_cfg
+from tests.sweeps.test_experiments import PENDING_EXPERIMENTS
 from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import EpochLoopSettings
 from tlresearch.finetune.logistic import LogisticSettings
@@ -72,6 +73,17 @@ RECIPES = {
     ("pets_freeze_schedules", "finetune=full"): dict(
         optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=64, max_epochs=30, blocks=RESNET50_BLOCKS,
         stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False]),
+    ("kornblith_suite", "finetune=logistic"): dict(  # pets_kornblith's protocol, per dataset
+        optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=256, stages=[{"head": 0.01}], restarts=[False],
+        blocks=RESNET50_BLOCKS),
+    ("kornblith_suite", "finetune=full"): dict(
+        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=256, max_epochs=-1, max_steps=20000,
+        blocks=RESNET50_BLOCKS, stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=True),
+    ("vtab1k", "finetune=logistic"): dict(
+        optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=512, stages=[{"head": 0.01}], restarts=[False]),
+    ("vtab1k", "finetune=full"): dict(
+        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=512, max_epochs=-1, max_steps=2500,
+        stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=False),
     ("demo", ""): dict(
         optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=32, max_epochs=8,
         stages=[{"head": 0.003, "backbone.*": 0.003}], restarts=[False]),
@@ -107,6 +119,8 @@ def expected_lrs(stage: dict[str, float], groups: list[str]) -> dict[str, float]
 
 @pytest.mark.parametrize("name, point", sorted(RECIPES), ids=lambda v: v or "default")
 def test_recipe_points(name: str, point: str, tmp_path: Path) -> None:
+    if name in PENDING_EXPERIMENTS:
+        pytest.skip(f"{name} needs the data configs of the datasets branch (data.subset)")
     recipe = RECIPES[(name, point)]
     cfg, model = built(name, point, tmp_path)
     assert isinstance(model.schedule.protocol(), recipe["protocol"])

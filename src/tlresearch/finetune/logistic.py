@@ -36,7 +36,7 @@ class LogisticSettings(ProtocolSettings):
 
     l2_path: tuple[float, ...]
     max_iter: int = 1000
-    tolerance: float = 1e-6
+    tolerance: float = 1e-4
     history_size: int = 20
     refit: bool = True
     cache_features: bool = True
@@ -65,7 +65,7 @@ class LogisticProbe(LinearProbe):
         l2_max: float = 1e5,
         num_l2: int = 45,
         max_iter: int = 1000,
-        tolerance: float = 1e-6,
+        tolerance: float = 1e-4,
         history_size: int = 20,
         refit: bool = True,
         cache_features: bool = True,

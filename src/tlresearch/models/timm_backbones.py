@@ -27,7 +27,8 @@ def create_backbone(
         name: a timm model name, optionally with a pretrained tag (``vit_small_patch16_224.augreg_in21k``).
         weights: ``DEFAULT`` (timm's default pretrained tag) or a pretrained tag; ``None`` for
             random initialisation.
-        input_size: crop size override in pixels (keeps the data config's resize/crop ratio).
+        input_size: crop size override in pixels (keeps the data config's resize/crop ratio);
+            fixed-size models (ViTs) are built at this size.
         checkpoint_file: load the pretrained weights from this local file instead of the hub.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
@@ -39,6 +40,11 @@ def create_backbone(
     if pretrained and str(weights) not in {"DEFAULT", "True", "true"}:
         model_name = f"{base}.{weights}"
     overlay = {"file": str(checkpoint_file)} if checkpoint_file else None
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_name)
+    if input_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        # ViTs (DINOv2's default is 518 px) are built at the configured size: timm resamples the
+        # position embeddings of the pretrained weights to it.
+        model_kwargs.setdefault("img_size", int(input_size))
     if checkpoint_file and not Path(checkpoint_file).is_file():
         raise ConfigError(f"backbone.checkpoint_file={checkpoint_file!r} does not exist.")
     model = call_with_download_errors(
