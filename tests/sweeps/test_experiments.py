@@ -19,12 +19,7 @@ from tlresearch.runner.entry import config_dir
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 REPO = config_dir().parent
 STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules", "kornblith_suite", "vtab1k")
-#: Datasets the transfer suites sweep whose configs arrive with the `datasets` branch: grid points
-#: that use them are skipped until then (the merge empties this set).
-PENDING_DATA = {"food101", "cifar10", "cifar100", "sun397", "stanford_cars", "fgvc_aircraft", "dtd", "flowers102",
-                "caltech101", "eurosat", "svhn", "pcam"}
-#: Experiments that need a data key of that branch (data.subset=vtab1k) to compose at all.
-PENDING_EXPERIMENTS = {"vtab1k"}
+
 
 
 def sweep_grid(name: str, tmp_path: Path) -> list[list[str]]:
@@ -38,13 +33,11 @@ def sweep_grid(name: str, tmp_path: Path) -> list[list[str]]:
         grid = [[f"{k}={v}" for k, v in {**first, axis: value}.items()] for axis, vs in axes.items() for value in vs]
     else:
         grid = expand_grid([f"{k}={','.join(vs)}" for k, vs in axes.items()])
-    return [p for p in grid if not any(o.startswith("data=") and o[5:] in PENDING_DATA for o in p)] or [[]]
+    return grid or [[]]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_and_each_grid_point_compose(name: str, tmp_path: Path) -> None:
-    if name in PENDING_EXPERIMENTS:
-        pytest.skip(f"{name} needs the data configs of the datasets branch (data.subset)")
     for point in sweep_grid(name, tmp_path):
         cfg = compose_cfg("train", [f"+experiment={name}", *point], tmp_path)
         resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

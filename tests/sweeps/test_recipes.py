@@ -23,7 +23,6 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tests.helpers import compose_cfg
-from tests.sweeps.test_experiments import PENDING_EXPERIMENTS
 from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import EpochLoopSettings
 from tlresearch.finetune.logistic import LogisticSettings
@@ -119,8 +118,6 @@ def expected_lrs(stage: dict[str, float], groups: list[str]) -> dict[str, float]
 
 @pytest.mark.parametrize("name, point", sorted(RECIPES), ids=lambda v: v or "default")
 def test_recipe_points(name: str, point: str, tmp_path: Path) -> None:
-    if name in PENDING_EXPERIMENTS:
-        pytest.skip(f"{name} needs the data configs of the datasets branch (data.subset)")
     recipe = RECIPES[(name, point)]
     cfg, model = built(name, point, tmp_path)
     assert isinstance(model.schedule.protocol(), recipe["protocol"])
