@@ -104,7 +104,9 @@ class TransferClassifier(pl.LightningModule):
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
         self.schedule: FreezeSchedule = instantiate_node(finetune, "finetune")
-        self.schedule.adapt(self.backbone.model)
+        before = {n for n, _ in self.backbone.model.named_parameters()}
+        self.schedule.adapt(self.backbone.model)  # PEFT: adapters, prompts (finetune/peft_base.py)
+        self.backbone.adopt_new_parameters(before)
         block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
         self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
         self.stages: list[Stage] = self.schedule.stages(self.groups)
