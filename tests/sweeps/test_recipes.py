@@ -32,8 +32,9 @@ from tlresearch.runner.entry import config_dir
 from tlresearch.train import train
 
 REPO = config_dir().parent
-STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules")
+STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules", "peft_compare")
 RESNET50_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4"]
+VIT_BLOCKS = [f"group{i}" for i in range(13)]  # a 12-block timm ViT: stem (patch and position embeddings), 12 blocks
 VGG16_BLOCKS = ["stage1", "stage2", "stage3", "stage4", "stage5"]
 
 #: The recipe points of each study (and grid point): what the config must say.
@@ -72,6 +73,14 @@ RECIPES = {
     ("pets_freeze_schedules", "finetune=full"): dict(
         optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=64, max_epochs=30, blocks=RESNET50_BLOCKS,
         stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False]),
+    **{("peft_compare", f"finetune={m}"): dict(  # the head and the method's groups at one LR (1e-3)
+        optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=64, max_epochs=20, blocks=VIT_BLOCKS,
+        stages=[{"head": 1e-3, **{f"backbone.group{i}": 1e-3 for i in blocks}}], restarts=[False])
+       for m, blocks in {"bitfit": range(13), "norm_tuning": range(1, 13), "lora": range(1, 13),
+                         "vpt": range(1, 13), "linear_probe": ()}.items()},
+    ("peft_compare", "finetune=full"): dict(
+        optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=64, max_epochs=20, blocks=VIT_BLOCKS,
+        stages=[{"head": 1e-3, "backbone.*": 1e-3}], restarts=[False]),
     ("demo", ""): dict(
         optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=32, max_epochs=8,
         stages=[{"head": 0.003, "backbone.*": 0.003}], restarts=[False]),
