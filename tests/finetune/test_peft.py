@@ -4,9 +4,11 @@ frozen ones stay bitwise unchanged, LoRA merges, VPT counts its prompts, checkpo
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.finetune.lora import merge_adapters
@@ -131,3 +133,25 @@ def test_a_peft_checkpoint_reloads_the_same_model(tmp_path):
     loaded = load_classifier(path)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
+    """Two epochs straight, or one epoch, a checkpoint and a second trainer: the same weights."""
+    loader = DataLoader(TensorDataset(*data(16)), batch_size=8)
+
+    def trainer(epochs: int) -> pl.Trainer:
+        return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                          enable_checkpointing=False, deterministic=True)
+
+    straight = classifier(VIT, "lora", rank=4)
+    trainer(2).fit(straight, loader)
+    first = classifier(VIT, "lora", rank=4)
+    half = trainer(1)
+    half.fit(first, loader)
+    half.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed = classifier(VIT, "lora", rank=4)
+    trainer(2).fit(resumed, loader, ckpt_path=tmp_path / "epoch1.ckpt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
