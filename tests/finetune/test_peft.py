@@ -101,6 +101,7 @@ def test_vpt_on_a_backbone_without_tokens_is_a_clear_error():
         classifier(RESNET, "vpt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["norm_tuning", "lora"])
 def test_cnn_methods_keep_batchnorm_statistics_and_learn(method):
     model = classifier(RESNET, method)
@@ -110,8 +111,8 @@ def test_cnn_methods_keep_batchnorm_statistics_and_learn(method):
     expected = lora if method == "lora" else expected_trainable(model, method)
     assert model.parameter_counts()["params/trainable"] == expected
     stats = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
-    x, y = data(32)
-    assert train(model, x, y, steps=8) > 0.9
+    x, y = data(16)
+    assert train(model, x, y, steps=5) > 0.9
     assert all(torch.equal(stats[n], b) for n, b in net.named_buffers() if n in stats)
 
 
@@ -155,3 +156,13 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
     trainer(2).fit(resumed, loader, ckpt_path=tmp_path / "epoch1.ckpt")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_peft_combines_with_layer_decay_and_gradual_and_refuses_other_schedules():
+    decayed = {g.name: g for g in classifier(VIT, "bitfit", combine="layer_decay", combine_args={"decay": 0.5}).groups}
+    assert [decayed[f"backbone.group{i}"].lr_scale for i in range(DEPTH + 1)] == [0.5 ** (DEPTH + 1 - i) for i in range(DEPTH + 1)]
+    gradual = {g.name: g for g in classifier(VIT, "lora", rank=2, combine="gradual").groups}
+    assert [gradual[f"backbone.group{i}"].start_epoch for i in (1, 2)] == [2, 1]
+    assert gradual["backbone.group0"].start_epoch is None  # the stem has no adapter
+    with pytest.raises(ConfigError, match="finetune.combine"):
+        classifier(VIT, "lora", combine="linear_probe")

@@ -28,11 +28,14 @@ class LoRA(PeftSchedule):
         dropout: dropout on the adapters' input, in [0, 1).
         target_modules: module names (or suffixes) or one regular expression for ``peft``; ``None``:
             the family default (see the module docstring).
+        combine, combine_args: see :class:`PeftSchedule`.
     """
 
     name = "lora"
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, target_modules: list[str] | str | None = None) -> None:
+    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, target_modules: list[str] | str | None = None,
+                 combine: str | None = None, combine_args: dict | None = None) -> None:
+        super().__init__(combine, combine_args)
         check_int("finetune.rank", rank, minimum=1, fix="use a rank >= 1, e.g. 8.")
         check_positive("alpha", alpha)
         require(0 <= dropout < 1, "finetune.dropout", dropout, "use a probability in [0, 1).")

@@ -26,11 +26,13 @@ class VisualPromptTuning(PeftSchedule):
     Args:
         num_tokens: prompt tokens per layer (>= 1).
         deep: ``True``: prompts at every block (VPT-deep); ``False``: at the input only (VPT-shallow).
+        combine, combine_args: see :class:`PeftSchedule`.
     """
 
     name = "vpt"
 
-    def __init__(self, num_tokens: int = 10, deep: bool = True) -> None:
+    def __init__(self, num_tokens: int = 10, deep: bool = True, combine: str | None = None, combine_args: dict | None = None) -> None:
+        super().__init__(combine, combine_args)
         check_int("finetune.num_tokens", num_tokens, minimum=1, fix="use >= 1 prompt tokens, e.g. 10.")
         check_bool("finetune.deep", deep)
         self.num_tokens = num_tokens
