@@ -7,16 +7,20 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import compose_cfg
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.transforms import eval_transform
 from tlresearch.finetune.lora import merge_adapters
 from tlresearch.models.classifier import TransferClassifier, load_classifier
+from tlresearch.predict import predict
 
 CLASSES, DIM, DEPTH, SIZE = 4, 64, 2, 32
 VIT = {"_target_": "tlresearch.models.timm_backbones.create_backbone", "name": "vit_tiny_patch16_224", "weights": None,
-       "img_size": SIZE, "depth": DEPTH, "embed_dim": DIM, "num_heads": 2}
+       "img_size": SIZE, "input_size": SIZE, "depth": DEPTH, "embed_dim": DIM, "num_heads": 2}
 RESNET = {"_target_": "tlresearch.models.torchvision_backbones.create_backbone", "name": "resnet18", "weights": None}
 TARGET = "tlresearch.finetune.{}"
 METHODS = {"bitfit": "bitfit.BitFit", "norm_tuning": "norm_tuning.NormTuning", "lora": "lora.LoRA",
@@ -166,3 +170,15 @@ def test_peft_combines_with_layer_decay_and_gradual_and_refuses_other_schedules(
     assert gradual["backbone.group0"].start_epoch is None  # the stem has no adapter
     with pytest.raises(ConfigError, match="finetune.combine"):
         classifier(VIT, "lora", combine="linear_probe")
+
+
+def test_predict_takes_a_peft_checkpoint(tmp_path):
+    model = classifier(VIT, "vpt", num_tokens=2)
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
+    image = tmp_path / "x.png"
+    Image.fromarray((torch.rand(SIZE, SIZE, 3) * 255).byte().numpy()).save(image)
+    _, out = predict(compose_cfg("predict", [f"ckpt_path={path}", f"images=[{image}]", "top_k=1"], tmp_path / "run"))
+    with torch.no_grad():
+        probs = model.eval()(eval_transform(model.backbone.preprocessing)(Image.open(image).convert("RGB"))[None]).softmax(-1)[0]
+    assert out["predictions"][str(image)][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-6)
