@@ -18,7 +18,8 @@ from tlresearch.runner.entry import config_dir
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 REPO = config_dir().parent
-STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules", "kornblith_suite", "vtab1k")
+STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules", "kornblith_suite", "vtab1k",
+           "peft_compare")
 
 
 

@@ -32,8 +32,10 @@ from tlresearch.runner.entry import config_dir
 from tlresearch.train import train
 
 REPO = config_dir().parent
-STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules")
+STUDIES = ("lesson_cats_dogs", "pets_kornblith", "pets_bit_hyperrule", "pets_freeze_schedules", "peft_compare",
+           "kornblith_suite", "vtab1k")
 RESNET50_BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4"]
+VIT_BLOCKS = [f"group{i}" for i in range(13)]  # a 12-block timm ViT: stem (patch and position embeddings), 12 blocks
 VGG16_BLOCKS = ["stage1", "stage2", "stage3", "stage4", "stage5"]
 
 #: The recipe points of each study (and grid point): what the config must say.
@@ -83,6 +85,14 @@ RECIPES = {
     ("vtab1k", "finetune=full"): dict(
         optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=512, max_epochs=-1, max_steps=2500,
         stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=False),
+    **{("peft_compare", f"finetune={m}"): dict(  # the head and the method's groups at one LR (1e-3)
+        optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=64, max_epochs=20, blocks=VIT_BLOCKS,
+        stages=[{"head": 1e-3, **{f"backbone.group{i}": 1e-3 for i in blocks}}], restarts=[False])
+       for m, blocks in {"bitfit": range(13), "norm_tuning": range(1, 13), "lora": range(1, 13),
+                         "vpt": range(1, 13), "linear_probe": ()}.items()},
+    ("peft_compare", "finetune=full"): dict(
+        optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=64, max_epochs=20, blocks=VIT_BLOCKS,
+        stages=[{"head": 1e-3, "backbone.*": 1e-3}], restarts=[False]),
     ("demo", ""): dict(
         optimizer=torch.optim.AdamW, protocol=EpochLoopSettings, batch_size=32, max_epochs=8,
         stages=[{"head": 0.003, "backbone.*": 0.003}], restarts=[False]),
@@ -148,6 +158,7 @@ def test_recipe_points(name: str, point: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- README tables
 
 MARKER = re.compile(r"<!-- recipe-table: (.*?) -->\n((?:\|.*\n)+)")
+INHERITS = re.compile(r"<!-- recipe-tables-of: (\w+) -->")
 CHECK = re.compile(r"^([A-Za-z_][\w.]*)=(.+)$")
 REQUIRED_POINTS = ("optimizer", "LR and schedule", "batch size", "steps / epochs", "augmentation", "resolution",
                    "weight decay", "head init", "BN handling", "splits", "metric")
@@ -180,6 +191,11 @@ def same(stated, actual) -> bool:
 @pytest.mark.parametrize("name", STUDIES)
 def test_readme_recipe_table_states_what_the_config_holds(name: str, tmp_path: Path) -> None:
     tables = recipe_tables((REPO / "experiments" / name / "README.md").read_text())
+    for base in INHERITS.findall((REPO / "experiments" / name / "README.md").read_text()):
+        # a study that extends another states the base's tables once; they must hold for it too
+        base_tables = recipe_tables((REPO / "experiments" / base / "README.md").read_text())
+        tables += [([o.replace(f"+experiment={base}", f"+experiment={name}") for o in overrides], checks)
+                   for overrides, checks in base_tables]
     assert tables, f"experiments/{name}/README.md has no recipe table"
     for overrides, checks in tables:
         assert f"+experiment={name}" in overrides

@@ -29,7 +29,7 @@ schedule never imports a protocol (this package imports only ``tlresearch.core``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -101,6 +101,14 @@ class FreezeSchedule:
 
     def backbone_groups(self, blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         raise NotImplementedError
+
+    def adapt(self, model: nn.Module) -> None:
+        """Change the backbone network before its blocks' parameters are read (PEFT schedules add
+        adapters or prompts, ``finetune/peft_base.py``); nothing by default."""
+
+    def eval_modules(self, model: nn.Module) -> Iterable[nn.Module]:
+        """Modules of the backbone network kept in eval mode while training (beyond frozen blocks)."""
+        return ()
 
     def stages(self, groups: list[GroupSpec]) -> list[Stage]:
         """The run's stages, in epoch order, the first at epoch 0. By default one stage per epoch at

@@ -109,6 +109,16 @@ class Backbone(nn.Module):
         """The modules that belong to ``block``."""
         return (m for n, m in self.model.named_modules() if n and block.owns(n))
 
+    def adopt_new_parameters(self, before: set[str]) -> None:
+        """After a freeze schedule changed the network (LoRA wraps a layer: ``qkv.weight`` becomes
+        ``qkv.base_layer.weight`` next to new ``qkv.lora_A...``; VPT adds ``blocks.0.vpt_prompt``),
+        each parameter name not in ``before`` joins the block owning its nearest module's old parameters."""
+        extra: dict[str, list[str]] = {b.name: [] for b in self.blocks}
+        for n, _ in self.model.named_parameters():
+            if n not in before:
+                extra[_nearest_owner(n, self.blocks, before)].append(n)
+        self.blocks = [Block(b.name, b.prefixes + tuple(extra[b.name])) for b in self.blocks]
+
     def describe(self) -> dict:
         """What identifies this backbone, for provenance and feature-cache keys."""
         return {"name": self.name, "source": self.source, "weights": self.weights, "num_features": self.num_features}
@@ -126,6 +136,18 @@ def _complete_blocks(model: nn.Module, blocks: list[Block]) -> list[Block]:
     if strays:
         blocks = [Block(blocks[0].name, blocks[0].prefixes + strays), *blocks[1:]] if blocks else [Block("stem", strays)]
     return [b for b in blocks if any(b.owns(n) for n in names)]
+
+
+def _nearest_owner(name: str, blocks: list[Block], before: set[str]) -> str:
+    """The block owning a parameter of ``before`` under the longest module path shared with ``name``
+    (the first block, the stem, when none does)."""
+    parts = name.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:k]) + "."
+        for b in blocks:
+            if any(o.startswith(prefix) and b.owns(o) for o in before):
+                return b.name
+    return blocks[0].name
 
 
 # ----------------------------------------------------------------------------- shared by families

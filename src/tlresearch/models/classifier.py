@@ -106,6 +106,9 @@ class TransferClassifier(pl.LightningModule):
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
         self.schedule: FreezeSchedule = instantiate_node(finetune, "finetune")
+        before = {n for n, _ in self.backbone.model.named_parameters()}
+        self.schedule.adapt(self.backbone.model)  # PEFT: adapters, prompts (finetune/peft_base.py)
+        self.backbone.adopt_new_parameters(before)
         block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
         self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
         self.stages: list[Stage] = self.schedule.stages(self.groups)
@@ -189,6 +192,8 @@ class TransferClassifier(pl.LightningModule):
                 if block is not None and g.name not in self._trainable_now:
                     for m in self.backbone.block_modules(block):
                         m.eval()
+            for m in self.schedule.eval_modules(self.backbone.model):
+                m.eval()
         return self
 
     def on_train_start(self) -> None:
@@ -217,10 +222,11 @@ class TransferClassifier(pl.LightningModule):
         return [*train, *self.val_metrics.keys(), "val/loss"]
 
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters and the parameters that train at some point of the schedule."""
+        """Total parameters (adapters and prompts included), the parameters that train at some point
+        of the schedule, and their share of the total."""
         trainable = sum(p.numel() for g in self.groups if g.start_epoch is not None for p in g.params)
         total = sum(p.numel() for p in self.backbone.model.parameters()) + sum(p.numel() for p in self.head.parameters())
-        return {"params/trainable": trainable, "params/total": total}
+        return {"params/trainable": trainable, "params/total": total, "params/trainable_share": trainable / total}
 
     # ------------------------------------------------------------------ forward & steps
 
