@@ -20,8 +20,10 @@ from tlresearch.data.images import reason_category
 
 #: The reason each planted kind of bad file must be dropped with, per filter (None: kept).
 EXPECTED_REASON = {
-    "decodes": {"zero-byte": "undecodable", "truncated": "undecodable", "thumbs": "not an image", "png": None, "gif": None, "exif-only": None},
-    "jfif": {"zero-byte": "undecodable", "truncated": "undecodable", "thumbs": "not an image", "png": "no JFIF header", "gif": "no JFIF header", "exif-only": "no JFIF header"},
+    "decodes": {"zero-byte": "undecodable", "truncated": "undecodable", "thumbs": "not an image",
+                "png": None, "gif": None, "exif-only": None},
+    "jfif": {"zero-byte": "undecodable", "truncated": "undecodable", "thumbs": "not an image",
+             "png": "no JFIF header", "gif": "no JFIF header", "exif-only": "no JFIF header"},
 }
 
 

@@ -29,7 +29,8 @@ def compose_data(name: str, *overrides: str):
         return compose(overrides=[f"+data={name}", "+paths=default", *overrides])
 
 
-@pytest.mark.parametrize("name, root_fixture, classes", [("pets", "pets_root", 6), ("cats_dogs", "cats_dogs_root", 2), ("folder", "folder_root", 3)])
+@pytest.mark.parametrize("name, root_fixture, classes", [
+    ("pets", "pets_root", 6), ("cats_dogs", "cats_dogs_root", 2), ("folder", "folder_root", 3)])
 def test_hydra_builds_each_datamodule(name, root_fixture, classes, request, tmp_path, monkeypatch):
     monkeypatch.setenv("TLRESEARCH_CACHE", str(tmp_path / "cache"))
     root = request.getfixturevalue(root_fixture)

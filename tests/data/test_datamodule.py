@@ -48,7 +48,8 @@ def test_bad_arguments_raise_config_errors_naming_the_key(folder_root, kwargs, k
 def test_augment_and_preprocessing_accept_hydra_containers(folder_root):
     """Hydra passes nested config as DictConfig, and merges an instantiate() kwarg into one."""
     aug = OmegaConf.create({"scale": [0.5, 1.0], "hflip": False})
-    pre = OmegaConf.create({"crop_size": 48, "resize_size": 56, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"})
+    pre = OmegaConf.create({"crop_size": 48, "resize_size": 56, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                           "interpolation": "bilinear"})
     dm = ImageFolderDataModule(root=str(folder_root), augment=aug, preprocessing=pre, num_workers=0)
     assert dm.augmentation == Augmentation(scale=(0.5, 1.0), hflip=False)
     assert dm.preprocessing == Preprocessing(48, 56, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

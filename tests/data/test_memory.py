@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.memory import InMemoryImages
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.core.errors import ConfigError
 
 
 def datamodule(root, tmp_path, **kwargs) -> ImageFolderDataModule:

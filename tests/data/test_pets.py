@@ -14,10 +14,10 @@ from torchvision.datasets import OxfordIIITPet
 
 from tests.conftest import PETS_BREEDS, PETS_IMAGES_PER_BREED, PETS_SMALL_BREEDS, PETS_SMALL_TRAINVAL
 from tests.helpers import truncate_file
+from tlresearch.core.errors import ConfigError
 from tlresearch.data.images import UnreadableImageError
 from tlresearch.data.pets import PET_BREEDS, OxfordPetsDataModule
 from tlresearch.data.transforms import Preprocessing
-from tlresearch.core.errors import ConfigError
 
 
 def pets(root, **kwargs) -> OxfordPetsDataModule:

@@ -228,7 +228,7 @@ class ImageListDataset(Dataset):
             return None
         try:
             return load_rgb(self.samples[index].path)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is skipped, not fatal
+        except Exception as error:
             self.failures[index] = 1
             path = self.samples[index].path
             if not self.replace_unreadable:

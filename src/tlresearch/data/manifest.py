@@ -60,7 +60,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], path: str | None = None) -> "Manifest":
+    def from_json(cls, data: Mapping[str, Any], path: str | None = None) -> Manifest:
         return cls(
             scan_root=data["scan_root"],
             image_filter=data["filter"],
@@ -190,7 +190,7 @@ def scan_images(
 class _Inline:
     """A stand-in for an executor that maps in the calling thread (no pool for one worker)."""
 
-    def __enter__(self) -> "_Inline":
+    def __enter__(self) -> _Inline:
         return self
 
     def __exit__(self, *exc: object) -> None:

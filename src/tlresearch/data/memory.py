@@ -60,7 +60,8 @@ class InMemoryImages(Dataset):
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             self.arrays: list[np.ndarray] = list(pool.map(decode, range(len(raw))))
         megabytes = sum(a.nbytes for a in self.arrays) / 2**20
-        log.info("Holding %d images in memory at short side %d px: %.0f MB, decoded in %.1f s.", len(self.arrays), short_side, megabytes, time.perf_counter() - started)
+        log.info("Holding %d images in memory at short side %d px: %.0f MB, decoded in %.1f s.",
+                 len(self.arrays), short_side, megabytes, time.perf_counter() - started)
 
     @property
     def samples(self) -> list:
@@ -83,7 +84,8 @@ class InMemoryImages(Dataset):
         return (transform(image) if transform is not None else image), self.images.samples[index].label
 
 
-def hold_in_memory(held: dict[str, InMemoryImages], split: str, images: ImageListDataset, short_side: int, interpolation: InterpolationMode, threads: int) -> InMemoryImages:
+def hold_in_memory(held: dict[str, InMemoryImages], split: str, images: ImageListDataset, short_side: int,
+                   interpolation: InterpolationMode, threads: int) -> InMemoryImages:
     """``held[split]``, decoded now unless it already holds ``images`` at ``short_side``."""
     current = held.get(split)
     if current is None or current.images is not images or current.short_side != short_side:

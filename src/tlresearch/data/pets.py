@@ -186,9 +186,11 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
             label = class_index if self.target == "breed" else species
             samples.append(Sample(str(path), rel, label, PET_BREEDS[class_index]))
         if dropped:
-            log.warning("%d images listed in %s.txt are missing from %s (e.g. %s).", len(dropped), split, self.base_folder / "images", dropped[0][0])
+            log.warning("%d images listed in %s.txt are missing from %s (e.g. %s).",
+                        len(dropped), split, self.base_folder / "images", dropped[0][0])
         if not samples:
-            raise ConfigError(f"data.root={str(self.root)!r}: no images of annotations/{split}.txt found under {self.base_folder / 'images'}.")
+            raise ConfigError(f"data.root={str(self.root)!r}: no images of annotations/{split}.txt found under "
+                              f"{self.base_folder / 'images'}.")
         return samples, dropped
 
     def _check_against_torchvision(self, split: str, records: list[tuple[str, int, int]]) -> None:
@@ -199,7 +201,8 @@ class OxfordPetsDataModule(ImageClassificationDataModule):
             reference = OxfordIIITPet(str(self.root), split=split, download=False)
         except (RuntimeError, OSError, ValueError) as error:
             raise ConfigError(
-                f"data.root={str(self.root)!r}: torchvision cannot read Oxford-IIIT Pet's {split} split ({error}). {self._missing_message()}"
+                f"data.root={str(self.root)!r}: torchvision cannot read Oxford-IIIT Pet's {split} split ({error}). "
+                f"{self._missing_message()}"
             ) from error
         expected = [PET_BREEDS[i] for i in sorted({c for _, c, _ in records})]
         if len(reference) != len(records) or list(reference.classes) != expected:

@@ -31,7 +31,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
 
-    def with_crop_size(self, crop_size: int) -> "Preprocessing":
+    def with_crop_size(self, crop_size: int) -> Preprocessing:
         """The same preprocessing at another input size, keeping the resize/crop ratio."""
         ratio = self.resize_size / self.crop_size
         return Preprocessing(crop_size, int(round(crop_size * ratio)), self.mean, self.std, self.interpolation)

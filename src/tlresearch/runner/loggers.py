@@ -58,7 +58,9 @@ class ReportingWandbLogger(WandbLogger):
         self.prediction_rows = int(prediction_rows)
         self.prediction_image_size = int(prediction_image_size)
         self._run_file = Path(self.save_dir or ".") / self.RUN_FILE
-        self._logged_step = -1  # steps up to this one are in the W&B run already (a resumed run skips them)
+        # A resumed run skips the steps up to this one: the interrupted run logged them. Only a
+        # resume sets it: within a run Lightning logs several dicts at one step (train, val, epoch).
+        self._skip_through = -1
 
     def continue_run(self) -> None:
         """Continue the W&B run of this run directory (its id in ``wandb_run_id``): called on a
@@ -71,14 +73,13 @@ class ReportingWandbLogger(WandbLogger):
             return  # no W&B run yet (killed before its first log): a new one
         self._id = self._wandb_init["id"] = saved["id"]
         self._wandb_init["resume"] = "allow"
-        self._logged_step = int(saved.get("step", -1))
+        self._skip_through = int(saved.get("step", -1))
 
     def log_metrics(self, metrics: Any, step: int | None = None) -> None:
-        if step is not None and step <= self._logged_step:
+        if step is not None and step <= self._skip_through:
             return  # replayed after a resume: W&B has this step from the interrupted run
         super().log_metrics(metrics, step)
         if step is not None:
-            self._logged_step = step
             self._remember(step)
 
     @rank_zero_only
