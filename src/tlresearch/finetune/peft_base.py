@@ -43,6 +43,7 @@ class PeftSchedule(FreezeSchedule):
     """
 
     name = "peft"
+    keeps_pretrained_base = True
 
     def __init__(self, combine: str | None = None, combine_args: dict | None = None) -> None:
         if combine is not None:
