@@ -357,8 +357,9 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
     The backbone is rebuilt without downloading pretrained weights (the checkpoint holds the
     trained ones), unless the checkpoint keeps only what trained: then from its named pretrained
     weights, whose hash it checks (``checkpoints/partial.py``). The file is read with
-    ``torch.load(weights_only=True)``: no pickled code runs; and its hyper-parameters may name only the allow-list's code (``models/checkpoint_targets.py``;
-    ``trust_targets``: module prefixes also allowed), checked before anything is built.
+    ``torch.load(weights_only=True)``: no pickled code runs; and its hyper-parameters may name
+    only the allow-list's code (``models/checkpoint_targets.py``; ``trust_targets``: module
+    prefixes also allowed), checked before anything is built.
     """
     ckpt = read_checkpoint(ckpt_path, "ckpt_path", map_location=map_location)
     hparams = ckpt.get("hyper_parameters")
