@@ -111,6 +111,18 @@ def test_exactly_the_intended_parameters_train_and_the_rest_stay_bitwise_unchang
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
+@pytest.mark.parametrize("method, settings, name", [
+    ("lora", {"rank": 4}, "LoRA r=4"), ("bitfit", {}, "BitFit"), ("vpt", {"num_tokens": 3, "deep": False}, "VPT-shallow 3 tokens"),
+    ("bitfit", {"combine": "layer_decay", "combine_args": {"decay": 0.5}}, "BitFit + layer decay")])
+def test_params_label_names_the_method_its_settings_and_its_trainable_share(method, settings, name):
+    counts = classifier(VIT, method, **settings).parameter_counts()
+    label, share = counts["params/label"].removesuffix("%)").split(" (")
+    assert label == name and float(share) == pytest.approx(100 * counts["params/trainable_share"], rel=0.05)
+    full = TransferClassifier(backbone=VIT, num_classes=CLASSES, finetune={"_target_": "tlresearch.finetune.full.FullFinetune"},
+                              optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3})
+    assert full.parameter_counts()["params/label"] == "full (100%)"
+
+
 def test_lora_adapters_merge_into_the_weights_with_the_same_outputs():
     model = classifier(VIT, "lora", rank=4)
     x, y = data()

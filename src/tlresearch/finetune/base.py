@@ -106,6 +106,10 @@ class FreezeSchedule:
     def backbone_groups(self, blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         raise NotImplementedError
 
+    def label(self) -> str:
+        """The method's short name with its key settings, for tables (``params/label`` of metrics.json)."""
+        return self.name.replace("_", " ")
+
     def adapt(self, model: nn.Module) -> None:
         """Change the backbone network before its blocks' parameters are read (PEFT schedules add
         adapters or prompts, ``finetune/peft_base.py``); nothing by default."""

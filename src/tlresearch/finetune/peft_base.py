@@ -64,6 +64,13 @@ class PeftSchedule(FreezeSchedule):
         """Whether the backbone parameter ``name`` trains."""
         raise NotImplementedError
 
+    def label(self) -> str:
+        return self.method_label() + (f" + {self.combine.replace('_', ' ')}" if self.combine else "")
+
+    def method_label(self) -> str:
+        """The method's own name and settings (``label`` adds the combined schedule)."""
+        return self.name.replace("_", " ")
+
     def eval_modules(self, model: nn.Module) -> Iterable[nn.Module]:
         """BatchNorm layers: kept in eval mode (see the module docstring)."""
         return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))

@@ -237,12 +237,16 @@ class TransferClassifier(pl.LightningModule):
         train = [*self.train_metrics.keys(), "train/loss", "train/loss_step", "train/loss_epoch"]
         return [*train, *self.val_metrics.keys(), "val/loss"]
 
-    def parameter_counts(self) -> dict[str, int]:
+    def parameter_counts(self) -> dict[str, Any]:
         """Total parameters (adapters and prompts included), the parameters that train at some point
-        of the schedule, and their share of the total."""
+        of the schedule, their share of the total, and a label for tables: the schedule's name and
+        settings with that share (``LoRA r=8 (0.29%)``)."""
         trainable = sum(p.numel() for g in self.groups if g.start_epoch is not None for p in g.params)
         total = sum(p.numel() for p in self.backbone.model.parameters()) + sum(p.numel() for p in self.head.parameters())
-        return {"params/trainable": trainable, "params/total": total, "params/trainable_share": trainable / total}
+        percent = 100 * trainable / total
+        share = f"{percent:.2g}" if percent < 10 else f"{percent:.0f}"
+        return {"params/trainable": trainable, "params/total": total, "params/trainable_share": trainable / total,
+                "params/label": f"{self.schedule.label()} ({share}%)"}
 
     # ------------------------------------------------------------------ forward & steps
 
