@@ -3,17 +3,24 @@ frozen ones stay bitwise unchanged, LoRA merges, VPT counts its prompts, checkpo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, run_in_process
+from tlresearch.checkpoints.partial import PRETRAINED_BASE
+from tlresearch.checkpoints.storage import AtomicCheckpointIO
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.generate import generate_folder
 from tlresearch.data.transforms import eval_transform
+from tlresearch.evaluate import evaluate
 from tlresearch.finetune.lora import merge_adapters
 from tlresearch.models.classifier import TransferClassifier, load_classifier
 from tlresearch.predict import predict
@@ -31,7 +38,22 @@ def classifier(backbone: dict, method: str, **settings) -> TransferClassifier:
     torch.manual_seed(0)
     return TransferClassifier(backbone=backbone, num_classes=CLASSES,
                               finetune={"_target_": TARGET.format(METHODS[method]), **settings},
-                              optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3})
+                              optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3},
+                              class_names=[f"class_{i}" for i in range(CLASSES)])
+
+
+def pretrained_vit(folder, seed: int = 0) -> dict:
+    """The tiny ViT with named pretrained weights: a local file (``backbone.checkpoint_file``) of random weights."""
+    torch.manual_seed(seed)
+    reference = timm.create_model(VIT["name"], pretrained=False, img_size=SIZE, depth=DEPTH, embed_dim=DIM, num_heads=2)
+    torch.save(reference.state_dict(), folder / "base.pth")
+    return {**VIT, "weights": "DEFAULT", "checkpoint_file": str(folder / "base.pth")}
+
+
+def trainer(folder, epochs: int) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=folder,
+                      enable_checkpointing=False, deterministic=True, plugins=[AtomicCheckpointIO()])
 
 
 def data(n: int = 64, shuffled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +111,18 @@ def test_exactly_the_intended_parameters_train_and_the_rest_stay_bitwise_unchang
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
+@pytest.mark.parametrize("method, settings, name", [
+    ("lora", {"rank": 4}, "LoRA r=4"), ("bitfit", {}, "BitFit"), ("vpt", {"num_tokens": 3, "deep": False}, "VPT-shallow 3 tokens"),
+    ("bitfit", {"combine": "layer_decay", "combine_args": {"decay": 0.5}}, "BitFit + layer decay")])
+def test_params_label_names_the_method_its_settings_and_its_trainable_share(method, settings, name):
+    counts = classifier(VIT, method, **settings).parameter_counts()
+    label, share = counts["params/label"].removesuffix("%)").split(" (")
+    assert label == name and float(share) == pytest.approx(100 * counts["params/trainable_share"], rel=0.05)
+    full = TransferClassifier(backbone=VIT, num_classes=CLASSES, finetune={"_target_": "tlresearch.finetune.full.FullFinetune"},
+                              optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3})
+    assert full.parameter_counts()["params/label"] == "full (100%)"
+
+
 def test_lora_adapters_merge_into_the_weights_with_the_same_outputs():
     model = classifier(VIT, "lora", rank=4)
     x, y = data()
@@ -142,24 +176,64 @@ def test_a_peft_checkpoint_reloads_the_same_model(tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
-    """Two epochs straight, or one epoch, a checkpoint and a second trainer: the same weights."""
+    """Two epochs straight, or one epoch, a checkpoint of only what trained and a second trainer: the same weights."""
     loader = DataLoader(TensorDataset(*data(16)), batch_size=8)
-
-    def trainer(epochs: int) -> pl.Trainer:
-        return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                          enable_checkpointing=False, deterministic=True)
-
-    straight = classifier(VIT, "lora", rank=4)
-    trainer(2).fit(straight, loader)
-    first = classifier(VIT, "lora", rank=4)
-    half = trainer(1)
+    vit = pretrained_vit(tmp_path)
+    straight = classifier(vit, "lora", rank=4)
+    trainer(tmp_path, 2).fit(straight, loader)
+    first = classifier(vit, "lora", rank=4)
+    half = trainer(tmp_path, 1)
     half.fit(first, loader)
     half.save_checkpoint(tmp_path / "epoch1.ckpt")
-    resumed = classifier(VIT, "lora", rank=4)
-    trainer(2).fit(resumed, loader, ckpt_path=tmp_path / "epoch1.ckpt")
+    assert PRETRAINED_BASE in torch.load(tmp_path / "epoch1.ckpt", weights_only=True)  # the partial path
+    resumed = classifier(vit, "lora", rank=4)
+    trainer(tmp_path, 2).fit(resumed, loader, ckpt_path=tmp_path / "epoch1.ckpt")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def lora_checkpoint(folder) -> tuple[TransferClassifier, object]:
+    """A LoRA model on the tiny pretrained ViT, one epoch, saved by Lightning through our writer."""
+    model = classifier(pretrained_vit(folder), "lora", rank=4)
+    fit = trainer(folder, 1)
+    fit.fit(model, DataLoader(TensorDataset(*data(16)), batch_size=8))
+    fit.save_checkpoint(folder / "lora.ckpt")
+    return model.eval(), folder / "lora.ckpt"
+
+
+def test_a_lora_checkpoint_keeps_only_what_trained_and_refuses_another_base(tmp_path):
+    model, path = lora_checkpoint(tmp_path)
+    stored = torch.load(path, weights_only=True)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(stored["state_dict"]) == trained and all("lora_" in n or n.startswith("head.") for n in trained)
+    torch.save(model.state_dict(), tmp_path / "full.pt")
+    assert path.stat().st_size < (tmp_path / "full.pt").stat().st_size / 4
+    assert stored[PRETRAINED_BASE]["backbone"]["checkpoint_file"] == str(tmp_path / "base.pth")
+    x, _ = data(8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(path)(x), model(x), atol=0, rtol=0)
+        reloaded = TransferClassifier.load_from_checkpoint(path).eval()
+        torch.testing.assert_close(reloaded(x), model(x), atol=0, rtol=0)
+    pretrained_vit(tmp_path, seed=1)  # the weights on disk change under the checkpoint
+    with pytest.raises(ConfigError, match=r"refers to the pretrained base .* weights on disk are not those it was trained on"):
+        load_classifier(path)
+
+
+def test_evaluate_and_visualize_take_a_peft_checkpoint(tmp_path, capsys):
+    model, path = lora_checkpoint(tmp_path)
+    root = generate_folder(tmp_path / "data", classes=CLASSES, images_per_class=5, splits=("train", "test"),
+                           min_size=SIZE, max_size=SIZE + 8).root
+    cfg = compose_cfg("evaluate", [f"ckpt_path={path}", "data=folder", f"data.root={root}", "data.num_workers=0",
+                                   "trainer.enable_progress_bar=false"], tmp_path / "eval")
+    metrics, objects = evaluate(cfg)
+    assert metrics["status"] == "completed" and metrics["data/test_images"] == CLASSES
+    assert torch.equal(objects["model"].head[1].weight, model.head[1].weight)
+    run_dir = tmp_path / "vis"
+    args = ["task=ideal", f"ckpt_path={path}", "steps=2", "target=[class_1]", "ideal.eval_transforms=0",
+            f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    code, output = run_in_process("tlresearch.visualize", args, capsys)
+    assert code == 0, output[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_peft_combines_with_layer_decay_and_gradual_and_refuses_other_schedules():

@@ -84,3 +84,17 @@ def test_module_entry_point(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: no runs found") and "Traceback" not in proc.stderr
+
+
+def test_rows_by_the_parameter_label_of_each_run(tmp_path: Path, fake, capsys: pytest.CaptureFixture[str]) -> None:
+    """``params/label`` (metrics.json) names a row: the method, its settings and its trainable share."""
+    labels = {"lora": "LoRA r=8 (0.29%)", "bitfit": "BitFit (0.1%)", "full": "full (100%)"}
+    for i, (finetune, label) in enumerate(labels.items()):
+        for seed in (0, 1):
+            fake.write_run(tmp_path / f"{finetune}{seed}", fake.make_config(finetune=finetune, seed=seed), [],
+                           {"finetune": finetune}, fake.completed(0.5 + i / 10 + seed / 100, **{"params/label": label}))
+    assert main([str(tmp_path), "--rows", "params/label", "--format", "csv"]) == 0
+    rows = {r["params/label"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert set(rows) == set(labels.values()) and all(r["n"] == "2" for r in rows.values())
+    assert float(rows["full (100%)"]["mean"]) > float(rows["LoRA r=8 (0.29%)"]["mean"])
+

@@ -94,6 +94,10 @@ class FreezeSchedule:
     from epoch 0 at the base LR."""
 
     name: str = "base"
+    #: Whether the pretrained backbone never changes under this schedule (only the head and
+    #: parameters the schedule adds or selects train; BatchNorm statistics stay): then a run with
+    #: named pretrained weights checkpoints only what trains (``checkpoints/partial.py``).
+    keeps_pretrained_base: bool = False
 
     def groups(self, head: list[nn.Parameter], blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         """All parameter groups: the head first, then the backbone's blocks."""
@@ -101,6 +105,10 @@ class FreezeSchedule:
 
     def backbone_groups(self, blocks: list[tuple[str, list[nn.Parameter]]]) -> list[GroupSpec]:
         raise NotImplementedError
+
+    def label(self) -> str:
+        """The method's short name with its key settings, for tables (``params/label`` of metrics.json)."""
+        return self.name.replace("_", " ")
 
     def adapt(self, model: nn.Module) -> None:
         """Change the backbone network before its blocks' parameters are read (PEFT schedules add

@@ -12,3 +12,6 @@ class BitFit(PeftSchedule):
 
     def selects(self, name, param, model) -> bool:
         return name.rsplit(".", 1)[-1] == "bias"
+
+    def method_label(self) -> str:
+        return "BitFit"

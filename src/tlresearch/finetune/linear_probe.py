@@ -25,6 +25,7 @@ class LinearProbe(FreezeSchedule):
     """
 
     name = "linear_probe"
+    keeps_pretrained_base = True
 
     def __init__(self, cache_features: bool = True, cache_views: int = 0, decode_on_device: bool = False) -> None:
         check_bool("finetune.cache_features", cache_features)

@@ -58,6 +58,9 @@ class LoRA(PeftSchedule):
     def selects(self, name, param, model) -> bool:
         return "lora_" in name
 
+    def method_label(self) -> str:
+        return f"LoRA r={self.rank}"
+
 
 def default_targets(model: nn.Module) -> list[str]:
     """The family default: attention projections of a ViT, else 1x1 convolutions and linear layers."""

@@ -43,6 +43,7 @@ class PeftSchedule(FreezeSchedule):
     """
 
     name = "peft"
+    keeps_pretrained_base = True
 
     def __init__(self, combine: str | None = None, combine_args: dict | None = None) -> None:
         if combine is not None:
@@ -62,6 +63,13 @@ class PeftSchedule(FreezeSchedule):
     def selects(self, name: str, param: nn.Parameter, model: nn.Module) -> bool:
         """Whether the backbone parameter ``name`` trains."""
         raise NotImplementedError
+
+    def label(self) -> str:
+        return self.method_label() + (f" + {self.combine.replace('_', ' ')}" if self.combine else "")
+
+    def method_label(self) -> str:
+        """The method's own name and settings (``label`` adds the combined schedule)."""
+        return self.name.replace("_", " ")
 
     def eval_modules(self, model: nn.Module) -> Iterable[nn.Module]:
         """BatchNorm layers: kept in eval mode (see the module docstring)."""

@@ -55,6 +55,9 @@ class VisualPromptTuning(PeftSchedule):
     def selects(self, name, param, model) -> bool:
         return name.rsplit(".", 1)[-1] == PROMPT
 
+    def method_label(self) -> str:
+        return f"VPT-{'deep' if self.deep else 'shallow'} {self.num_tokens} tokens"
+
 
 def _insert(prefix: int, n: int, replace: bool):
     """A pre-hook putting the block's prompts after the prefix tokens (replacing the previous ones)."""

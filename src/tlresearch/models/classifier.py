@@ -20,8 +20,8 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from tlresearch.checkpoints.partial import PRETRAINED_BASE, refer_to_base, restore_base
 from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
-from tlresearch.core.config import check_argument_types, check_choice, is_int, is_number, require
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec, Stage
@@ -29,6 +29,7 @@ from tlresearch.finetune.stages import NO_DECAY, enter_stage, stage_index
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
 from tlresearch.models.checkpoint_targets import check_checkpoint_targets
+from tlresearch.models.hparams import check_classifier_hparams
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
 from tlresearch.models.predictions import Record, TestPredictions
 
@@ -94,7 +95,7 @@ class TransferClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names)
+        check_classifier_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names)
         check_channels_last(channels_last)
         self._channels_last = False  # resolved for the device in setup()
         self.backbone: Backbone = instantiate_node(backbone, "backbone")
@@ -107,8 +108,11 @@ class TransferClassifier(pl.LightningModule):
             nn.init.zeros_(self.head[1].bias)
         self.schedule: FreezeSchedule = instantiate_node(finetune, "finetune")
         before = {n for n, _ in self.backbone.model.named_parameters()}
+        pretrained = {id(p) for p in self.backbone.model.parameters()}  # LoRA renames wrapped weights, keeps them
         self.schedule.adapt(self.backbone.model)  # PEFT: adapters, prompts (finetune/peft_base.py)
         self.backbone.adopt_new_parameters(before)
+        self._added = {id(p) for p in self.backbone.model.parameters() if id(p) not in pretrained}
+        self._base_hash: str | None = None  # of the pretrained base, once (checkpoints/partial.py)
         block_params = [(b.name, self.backbone.block_parameters(b)) for b in self.backbone.blocks]
         self.groups: list[GroupSpec] = self.schedule.groups(list(self.head.parameters()), block_params)
         self.stages: list[Stage] = self.schedule.stages(self.groups)
@@ -215,18 +219,34 @@ class TransferClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A hint to AtomicCheckpointIO, which writes these tensors once (checkpoints/storage.py).
         checkpoint[FROZEN_KEYS] = self.frozen_state_keys()
+        if self.schedule.keeps_pretrained_base and self.backbone.weights is not None:  # checkpoints/partial.py
+            self._base_hash = refer_to_base(checkpoint, self.pretrained_base(), self.hparams.backbone, self._base_hash)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_base(checkpoint, self.state_dict(), self.hparams.backbone, "The checkpoint")
+
+    def pretrained_base(self) -> dict[str, torch.Tensor]:
+        """The backbone's tensors that never train and came with the pretrained network (not the
+        parameters the schedule added, such as LoRA adapters or VPT prompts), by state_dict key."""
+        skip = {id(p) for g in self.groups if g.start_epoch is not None for p in g.params} | self._added
+        state = self.backbone.model.state_dict(keep_vars=True)
+        return {f"backbone.model.{n}": t.detach() for n, t in state.items() if id(t) not in skip}
 
     def logged_metrics(self) -> list[str]:
         """Names of the metrics logged during fit: what a checkpoint or early-stopping callback may monitor."""
         train = [*self.train_metrics.keys(), "train/loss", "train/loss_step", "train/loss_epoch"]
         return [*train, *self.val_metrics.keys(), "val/loss"]
 
-    def parameter_counts(self) -> dict[str, int]:
+    def parameter_counts(self) -> dict[str, Any]:
         """Total parameters (adapters and prompts included), the parameters that train at some point
-        of the schedule, and their share of the total."""
+        of the schedule, their share of the total, and a label for tables: the schedule's name and
+        settings with that share (``LoRA r=8 (0.29%)``)."""
         trainable = sum(p.numel() for g in self.groups if g.start_epoch is not None for p in g.params)
         total = sum(p.numel() for p in self.backbone.model.parameters()) + sum(p.numel() for p in self.head.parameters())
-        return {"params/trainable": trainable, "params/total": total, "params/trainable_share": trainable / total}
+        percent = 100 * trainable / total
+        share = f"{percent:.2g}" if percent < 10 else f"{percent:.0f}"
+        return {"params/trainable": trainable, "params/total": total, "params/trainable_share": trainable / total,
+                "params/label": f"{self.schedule.label()} ({share}%)"}
 
     # ------------------------------------------------------------------ forward & steps
 
@@ -334,49 +354,16 @@ def _dataset_length(trainer: pl.Trainer) -> int:
         return 0
 
 
-def _check_hparams(num_classes, optimizer, dropout, head_init, label_smoothing, class_names) -> None:
-    require(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes, "a classifier needs at least 2 classes.")
-    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    require(_is_positive_number(lr), "optimizer.lr", lr,
-            "the learning rate must be a positive number, e.g. optimizer.lr=0.01.")
-    _check_optimizer(optimizer)
-    require(is_number(dropout) and 0 <= dropout < 1, "model.dropout", dropout, "use a probability in [0, 1).")
-    check_choice("model.head_init", head_init, ("default", "zero"))
-    require(is_number(label_smoothing) and 0 <= label_smoothing < 1, "model.label_smoothing", label_smoothing,
-            "use a value in [0, 1).")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ConfigError(f"{len(class_names)} class names were given for num_classes={num_classes}.")
-
-
-def _is_positive_number(value: Any) -> bool:
-    try:
-        return not isinstance(value, bool) and float(value) > 0
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_optimizer(optimizer: dict) -> None:
-    """Build the optimizer once on a dummy parameter, so a bad value (a negative weight decay, a
-    momentum that is not a number) is reported now, naming the key, rather than when fit starts."""
-    factory = instantiate_node(optimizer, "optimizer")
-    check_argument_types("optimizer", getattr(factory, "func", factory), getattr(factory, "keywords", {}))
-    try:
-        factory([nn.Parameter(torch.zeros(1))])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"The `optimizer` config is invalid: {exc}. Check the values under `optimizer.` (print the composed "
-            "config with `--cfg job`)."
-        ) from exc
-
-
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu",
                     trust_targets: Iterable[str] = ()) -> TransferClassifier:
     """Rebuild a :class:`TransferClassifier` from a checkpoint written by ``tlresearch.train``.
 
     The backbone is rebuilt without downloading pretrained weights (the checkpoint holds the
-    trained ones). The file is read with ``torch.load(weights_only=True)``: no pickled code runs;
-    and its hyper-parameters may name only the allow-list's code (``models/checkpoint_targets.py``;
-    ``trust_targets``: module prefixes also allowed), checked before anything is built.
+    trained ones), unless the checkpoint keeps only what trained: then from its named pretrained
+    weights, whose hash it checks (``checkpoints/partial.py``). The file is read with
+    ``torch.load(weights_only=True)``: no pickled code runs; and its hyper-parameters may name
+    only the allow-list's code (``models/checkpoint_targets.py``; ``trust_targets``: module
+    prefixes also allowed), checked before anything is built.
     """
     ckpt = read_checkpoint(ckpt_path, "ckpt_path", map_location=map_location)
     hparams = ckpt.get("hyper_parameters")
@@ -387,8 +374,10 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
             "pass a checkpoint from a tlresearch.train run directory (checkpoints/*.ckpt)."
         )
     hparams = dict(hparams)
-    hparams["backbone"] = {**hparams["backbone"], "weights": None}
+    if PRETRAINED_BASE not in ckpt:
+        hparams["backbone"] = {**hparams["backbone"], "weights": None}
     hparams["compile"] = False
     model = TransferClassifier(**hparams)
+    restore_base(ckpt, model.state_dict(), hparams["backbone"], f"ckpt_path={str(ckpt_path)!r}")
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
