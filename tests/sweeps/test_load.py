@@ -2,8 +2,8 @@
 them failing in different ways, ends with every job's directory and its ``metrics.json`` status,
 and a table that counts each cell's failures.
 
-Opt-in (it takes minutes, not CI's seconds): ``TLRESEARCH_LOAD_JOBS=40 pytest tests/sweeps/test_load.py``
-(at least 8 jobs, so that each way of failing occurs)."""
+40 jobs by default (about 70 s on 2 idle cores); ``TLRESEARCH_LOAD_JOBS=N`` changes the count
+(at least 8, so that each way of failing occurs)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,22 @@ import yaml
 from tests.helpers import FAST, run_cli
 from tlresearch.table import main as table_main
 
-JOBS = max(8, int(os.environ.get("TLRESEARCH_LOAD_JOBS") or 0))
-#: seed % 8 -> the error each failing job records (tests/sweeps/faults.py:FaultBySeed).
-FAILURES = {1: "ConfigError: The training loss became nan", 5: "PlantedFailure"}
+JOBS = max(8, int(os.environ.get("TLRESEARCH_LOAD_JOBS") or 40))
+#: seed % 8 -> the error each failing job records: a NaN loss and an exception planted by
+#: tests/sweeps/faults.py:FaultBySeed, and a data root that does not exist (see the test).
+FAILURES = {1: "ConfigError: The training loss became nan", 3: "ConfigError: data.root=", 5: "PlantedFailure"}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TLRESEARCH_LOAD_JOBS"), reason="load test: set TLRESEARCH_LOAD_JOBS=<jobs> to run it")
 def test_a_sweep_of_many_jobs_with_failures_records_every_job(folder_root: Path, tmp_path: Path, capsys) -> None:
     sweep_dir = tmp_path / "multirun"
+    roots = tmp_path / "roots"  # job N reads roots/N: the dataset, or nothing there (a bad data path)
+    roots.mkdir()
+    for seed in range(JOBS):
+        if seed % 8 != 3:
+            (roots / str(seed)).symlink_to(folder_root, target_is_directory=True)
     result = run_cli(
-        "tlresearch.train", "-m", *FAST, "data=folder", f"data.root={folder_root}", "backbone.input_size=32",
+        "tlresearch.train", "-m", *FAST, "data=folder", f"data.root={roots}/${{seed}}", "backbone.input_size=32",
         "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
         "+callbacks.fault._target_=tests.sweeps.faults.FaultBySeed", "+callbacks.fault.seed=${seed}",
@@ -57,7 +62,7 @@ def test_a_sweep_of_many_jobs_with_failures_records_every_job(folder_root: Path,
     assert seen == set(range(JOBS))
 
     capsys.readouterr()
-    table_main([str(sweep_dir), "--format", "csv"])
+    table_main([str(sweep_dir), "--rows", "data", "--format", "csv"])  # data.root differs per job: one row per dataset
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1  # one cell (the seeds are its repetitions)
     failed = sum(1 for s in range(JOBS) if s % 8 in FAILURES)
