@@ -42,20 +42,22 @@ VGG16_BLOCKS = ["stage1", "stage2", "stage3", "stage4", "stage5"]
 #: ``stages``: per stage, the LR of every parameter group that trains in it (``backbone.*``: every
 #: backbone block at that LR); groups not listed are frozen. ``restarts``: per stage, whether
 #: the optimizer starts afresh.
+KORNBLITH = {
+    "logistic": dict(
+        optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=256, stages=[{"head": 0.01}], restarts=[False],
+        blocks=RESNET50_BLOCKS),
+    "full": dict(
+        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=256, max_epochs=-1, max_steps=20000,
+        blocks=RESNET50_BLOCKS, stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=True),
+}
 RECIPES = {
     ("lesson_cats_dogs", ""): dict(
         optimizer=torch.optim.Adam, protocol=EpochLoopSettings, batch_size=16, max_epochs=2, max_steps=-1,
         blocks=VGG16_BLOCKS, stages=[{"head": 0.01}, {"head": 1e-4, "backbone.*": 1e-4}], restarts=[False, True],
         starts=[0, 1]),
-    ("pets_kornblith", "finetune=logistic"): dict(
-        optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=256, stages=[{"head": 0.01}], restarts=[False],
-        blocks=RESNET50_BLOCKS),
-    ("pets_kornblith", "finetune=full"): dict(
-        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=256, max_epochs=-1, max_steps=20000,
-        blocks=RESNET50_BLOCKS, stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=True),
-    ("pets_kornblith_refit", "finetune=full"): dict(
-        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=256, max_epochs=-1, max_steps=20000,
-        blocks=RESNET50_BLOCKS, stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=True),
+    # pets_kornblith's protocol; its refit and kornblith_suite (the protocol per dataset) follow it exactly
+    **{(name, f"finetune={ft}"): recipe for name in ("pets_kornblith", "pets_kornblith_refit", "kornblith_suite")
+       for ft, recipe in KORNBLITH.items() if (name, ft) != ("pets_kornblith_refit", "logistic")},
     ("pets_bit_hyperrule", ""): dict(
         optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=512, max_epochs=-1, max_steps=500,
         stages=[{"head": 0.003, "backbone.*": 0.003}], restarts=[False], nesterov=False),
@@ -74,12 +76,6 @@ RECIPES = {
     ("pets_freeze_schedules", "finetune=full"): dict(
         optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=64, max_epochs=30, blocks=RESNET50_BLOCKS,
         stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False]),
-    ("kornblith_suite", "finetune=logistic"): dict(  # pets_kornblith's protocol, per dataset
-        optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=256, stages=[{"head": 0.01}], restarts=[False],
-        blocks=RESNET50_BLOCKS),
-    ("kornblith_suite", "finetune=full"): dict(
-        optimizer=torch.optim.SGD, protocol=EpochLoopSettings, batch_size=256, max_epochs=-1, max_steps=20000,
-        blocks=RESNET50_BLOCKS, stages=[{"head": 0.01, "backbone.*": 0.01}], restarts=[False], nesterov=True),
     ("vtab1k", "finetune=logistic"): dict(
         optimizer=torch.optim.SGD, protocol=LogisticSettings, batch_size=512, stages=[{"head": 0.01}], restarts=[False]),
     ("vtab1k", "finetune=full"): dict(
