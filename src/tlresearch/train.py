@@ -38,7 +38,10 @@ from tlresearch.results.run_predictions import record_predictions
 from tlresearch.results.wandb_report import report_and_finish
 from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
 from tlresearch.runner.loggers import continue_logs
+
+install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
 
 log = logging.getLogger("tlresearch.train")
 

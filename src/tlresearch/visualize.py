@@ -45,6 +45,9 @@ from tlresearch.imageopt.outputs import write_outputs
 from tlresearch.imageopt.render import log_results
 from tlresearch.results.provenance import provenance_record
 from tlresearch.runner.entry import config_dir, run_task
+from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
+
+install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
 
 log = logging.getLogger("tlresearch.visualize")
 

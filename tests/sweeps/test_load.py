@@ -25,6 +25,11 @@ JOBS = max(8, int(os.environ.get("TLRESEARCH_LOAD_JOBS") or 40))
 FAILURES = {1: "ConfigError: The training loss became nan", 3: "ConfigError: data.root=", 5: "PlantedFailure"}
 
 
+def expected_error(seed: int) -> str | None:
+    """... and when seed % 16 == 7 the job's worker process is SIGKILLed (FaultBySeed), retried alone, killed again."""
+    return "KilledWorker" if seed % 16 == 7 else FAILURES.get(seed % 8)
+
+
 @pytest.mark.slow
 def test_a_sweep_of_many_jobs_with_failures_records_every_job(folder_root: Path, tmp_path: Path, capsys) -> None:
     sweep_dir = tmp_path / "multirun"
@@ -50,7 +55,7 @@ def test_a_sweep_of_many_jobs_with_failures_records_every_job(folder_root: Path,
         assert job.name == str(seed)  # its own directory: job N is seed N
         seen.add(seed)
         record = json.loads((job / "metrics.json").read_text())
-        expected = FAILURES.get(seed % 8)
+        expected = expected_error(seed)
         if expected is None:
             assert record["status"] == "completed", (seed, record.get("error"))
         else:
@@ -60,10 +65,11 @@ def test_a_sweep_of_many_jobs_with_failures_records_every_job(folder_root: Path,
         if (job / "provenance.json").is_file():
             assert json.loads((job / "provenance.json").read_text())["run"]["seed"] == seed
     assert seen == set(range(JOBS))
+    assert not (sweep_dir / ".running").exists()  # the launcher's markers of running jobs are gone
 
     capsys.readouterr()
     table_main([str(sweep_dir), "--rows", "data", "--format", "csv"])  # data.root differs per job: one row per dataset
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 1  # one cell (the seeds are its repetitions)
-    failed = sum(1 for s in range(JOBS) if s % 8 in FAILURES)
+    failed = sum(1 for s in range(JOBS) if expected_error(s))
     assert int(rows[0]["failed"]) == failed and int(rows[0]["n"]) == JOBS - failed

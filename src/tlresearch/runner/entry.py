@@ -61,24 +61,24 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
             metrics, _ = task(cfg)
         failed = False
     except ConfigError as exc:
-        _record_failure(out_dir, f"ConfigError: {exc}")
+        record_failure(out_dir, f"ConfigError: {exc}")
         log.error("%s", exc)
         if is_multirun():
             return None
         exit_on_config_error(exc)
     except KeyboardInterrupt:
-        _record_failure(out_dir, "interrupted by the user", status="interrupted")
+        record_failure(out_dir, "interrupted by the user", status="interrupted")
         raise
     except SystemExit as exc:  # Lightning exits after a graceful Ctrl-C, and stops on SIGTERM with SIGTERMException
         if _is_interruption(exc):
-            _record_failure(out_dir, "interrupted (Ctrl-C or SIGTERM); continue it with resume=auto", status="interrupted")
+            record_failure(out_dir, "interrupted (Ctrl-C or SIGTERM); continue it with resume=auto", status="interrupted")
         else:
-            _record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
+            record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
         if isinstance(exc, SIGTERMException):  # Lightning's carries no code (exit 0): a scheduler must see the kill
             raise SystemExit(SIGTERM_EXIT_CODE) from exc
         raise
     except Exception as exc:
-        _record_failure(out_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        record_failure(out_dir, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         if is_multirun():
             log.exception("job failed; the sweep continues")
             return None
@@ -101,7 +101,8 @@ def _is_interruption(exc: SystemExit) -> bool:
     return isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt)
 
 
-def _record_failure(out_dir: Path | None, error: str, trace: str | None = None, status: str = "failed") -> None:
+def record_failure(out_dir: Path | None, error: str, trace: str | None = None, status: str = "failed") -> None:
+    """Write ``metrics.json`` of a run that did not complete (``status``, ``error``); no-op without a directory."""
     if out_dir is None:
         return
     record: dict[str, Any] = {"status": status, "error": error}
