@@ -2,7 +2,7 @@
 them failing in different ways, ends with every job's directory and its ``metrics.json`` status,
 and a table that counts each cell's failures.
 
-40 jobs by default (about 70 s on 2 idle cores); ``TLRESEARCH_LOAD_JOBS=N`` changes the count
+40 jobs by default (about 2 minutes on 2 idle cores, most of it the killed workers' retries); ``TLRESEARCH_LOAD_JOBS=N`` changes the count
 (at least 8, so that each way of failing occurs)."""
 
 from __future__ import annotations
