@@ -89,9 +89,10 @@ def _run_marked(idx: int, overrides: Sequence[str], hydra_context: Any, config: 
     Singleton.set_state(singleton_state)
     marker = running / str(idx)
     marker.write_text(str(_job_dir(idx, overrides, hydra_context, config)))
-    result = _core.execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
-    marker.unlink(missing_ok=True)
-    return idx, result
+    try:
+        return idx, _core.execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
+    finally:  # only a killed process leaves its marker
+        marker.unlink(missing_ok=True)
 
 
 def _job_dir(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any) -> Path:

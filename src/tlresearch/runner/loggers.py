@@ -61,6 +61,7 @@ class ReportingWandbLogger(WandbLogger):
         # A resumed run skips the steps up to this one: the interrupted run logged them. Only a
         # resume sets it: within a run Lightning logs several dicts at one step (train, val, epoch).
         self._skip_through = -1
+        self._remembered = -1  # the step last written to RUN_FILE (one write per step, not per dict)
 
     def continue_run(self) -> None:
         """Continue the W&B run of this run directory (its id in ``wandb_run_id``): called on a
@@ -69,9 +70,10 @@ class ReportingWandbLogger(WandbLogger):
             raise RuntimeError("ReportingWandbLogger.continue_run() must be called before the W&B run starts.")
         try:
             saved = json.loads(self._run_file.read_text())
-        except (OSError, ValueError):
-            return  # no W&B run yet (killed before its first log): a new one
-        self._id = self._wandb_init["id"] = saved["id"]
+            run_id = str(saved["id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no W&B run yet (killed before its first log), or an unreadable file: a new one
+        self._id = self._wandb_init["id"] = run_id
         self._wandb_init["resume"] = "allow"
         self._skip_through = int(saved.get("step", -1))
 
@@ -79,7 +81,8 @@ class ReportingWandbLogger(WandbLogger):
         if step is not None and step <= self._skip_through:
             return  # replayed after a resume: W&B has this step from the interrupted run
         super().log_metrics(metrics, step)
-        if step is not None:
+        if step is not None and step > self._remembered:
+            self._remembered = step
             self._remember(step)
 
     @rank_zero_only
