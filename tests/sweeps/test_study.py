@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import FAST
+from tests.helpers import FAST, run_in_process
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.generate import main as generate_main
 from tlresearch.results.records import Run, find_runs, load_run
 from tlresearch.results.search import Search
-from tlresearch.runner.study import refit_overrides, trainval_overrides
+from tlresearch.runner.study import REFIT_PROTOCOL, refit_overrides, trainval_overrides
 from tlresearch.study import main as study_main
 
 SHARED = ("+experiment=pets_kornblith", "hparams_search=lr_wd", "backbone=resnet50", "finetune=full", "seed=0", "trainer=cpu",
@@ -60,6 +61,26 @@ def test_trainval_needs_a_test_split_that_does_not_move() -> None:
     with pytest.raises(ConfigError, match="data=folder cannot refit on train\\+val: .*--no-trainval"):
         refit_overrides(fake_search({"val_fraction": 0.1, "test_fraction": 0.1}, "folder"), 2)
     assert "data.val_per_class=0" not in refit_overrides(fake_search({"val_fraction": 0.1}), 2, trainval=False)
+
+
+def test_a_vtab1k_search_refits_on_its_1000_images_on_any_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for data, name in (({"subset": "vtab1k", "val_per_class": None}, "cifar10"), ({"subset": "vtab1k", "val_fraction": 0.1}, "folder")):
+        overrides = refit_overrides(fake_search(data, name), 1)
+        assert "data.subset=vtab1k_full" in overrides and "data.val_per_class=0" not in overrides
+    # and the vtab1k recipe trains and tests with those overrides (no validation split left to check)
+    root = tmp_path / "cifar10"
+    assert generate_main(["cifar10", str(root)]) == 0
+    refit = refit_overrides(fake_search({"subset": "vtab1k"}, "cifar10"), 1)
+    argv = ["+experiment=vtab1k", "data=cifar10", f"data.root={root}", "data.download=false", "data.verify_checksums=false",
+            "data.subset_train=8", "data.subset_val=4", "data.batch_size=4", "data.num_workers=0",
+            "backbone=resnet18", "backbone.weights=null", "backbone.input_size=32",
+            "finetune=full", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+            *(o for o in refit if o.startswith(("data.subset", "callbacks.", *REFIT_PROTOCOL))), f"hydra.run.dir={tmp_path / 'run'}"]
+    code, out = run_in_process("tlresearch.train", argv, capsys)
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "test/acc" in metrics and not any(k.startswith("val/") for k in metrics)
+    assert (metrics["data/train_images"], metrics["data/val_images"]) == (12, 0)  # the 8 + 4 drawn images, all trained on
 
 
 def test_a_directory_without_a_search_needs_the_search_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

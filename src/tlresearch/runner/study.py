@@ -27,6 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from tlresearch.core.config import check_int
 from tlresearch.core.errors import ConfigError
+from tlresearch.data.splits import SUBSETS
 from tlresearch.results.records import is_run_dir
 from tlresearch.results.search import RESULTS_FILE, Search, override_key
 
@@ -41,6 +42,7 @@ SWEEPER_KEYS = ("hydra.sweeper", "hydra/sweeper")  # settings of the search's Op
 #: What the refit changes besides the data: no model selection (nothing to select on, the last
 #: epoch is tested), nothing returned to a sweeper, and the test split evaluated once.
 REFIT_PROTOCOL = ("optimized_metric=null", "test_after_fit=true")
+VTAB1K, VTAB1K_FULL = SUBSETS  # VTAB-1k's search subset (800 train + 200 val) and its refit (all 1,000)
 
 
 def run_search(overrides: Sequence[str], sweep_dir: Path) -> None:
@@ -81,8 +83,12 @@ def trainval_overrides(data: Mapping[str, Any], name: str | None) -> list[str]:
     Only a dataset whose test split does not depend on the validation split can: one with an
     official test split and ``val_per_class`` (``data=pets``: ``data.val_per_class=0``). Datasets
     that carve val and test from one pool by fractions (``cats_dogs``, ``folder``) would move
-    their test split with ``val_fraction=0``.
+    their test split with ``val_fraction=0``. A VTAB-1k search (``data.subset=vtab1k``: 800
+    train + 200 val drawn from train+val) refits on those 1,000 (``vtab1k_full``) on any
+    dataset: the test split stays whole there.
     """
+    if data.get("subset") == VTAB1K:
+        return [f"data.subset={VTAB1K_FULL}"]
     if "val_per_class" in data:
         return ["data.val_per_class=0"]
     raise ConfigError(
