@@ -6,12 +6,14 @@
 * layers: a package imports only from its own or a lower layer (the front door -> the runner ->
   the features -> the ground floor);
 * no module over 400 lines;
-* each Hydra config group's targets live in the package of that group.
+* each Hydra config group's targets live in the package of that group;
+* every config key that sets a value has a comment (what it takes; for ``_target_``, the file).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +215,23 @@ def test_each_config_group_builds_from_its_own_package(group):
             found[f"{path.name}: {target}"] = target.startswith(packages)
     assert found, f"conf/{group}/ names no _target_"
     assert [where for where, ok in found.items() if not ok] == []
+
+
+#: A key with a value on its own line (``lr: 0.01``), not a mapping that opens below it.
+LEAF_KEY = re.compile(r"^\s*[\w.@/+~-]+:\s*[^\s#]")
+
+
+def uncommented_keys(text: str) -> list[str]:
+    """The lines of a yaml file that set a key's value without a comment saying what it takes."""
+    return [line for line in text.splitlines() if LEAF_KEY.match(line) and "#" not in line]
+
+
+def test_uncommented_keys_are_found():
+    text = "a: 1  # the a\nb: 2\nc:\n  d: x\n  e: y  # the e\n- f: 3\n"
+    assert uncommented_keys(text) == ["b: 2", "  d: x"]
+
+
+def test_every_config_key_says_what_it_takes():
+    found = {f"{path.relative_to(CONF)}: {line.strip()}" for path in sorted(CONF.rglob("*.yaml"))
+             for line in uncommented_keys(path.read_text())}
+    assert sorted(found) == []
