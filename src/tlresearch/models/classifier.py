@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pytorch_lightning.core.saving import load_hparams_from_yaml
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy
 
 from tlresearch.checkpoints.partial import PRETRAINED_BASE, refer_to_base, restore_base
 from tlresearch.checkpoints.storage import FROZEN_KEYS, read_checkpoint
@@ -31,7 +31,7 @@ from tlresearch.models.backbones import current_backbone_config
 from tlresearch.models.checkpoint_targets import check_checkpoint_targets
 from tlresearch.models.hparams import check_classifier_hparams
 from tlresearch.models.performance import channels_last_wanted, check_channels_last, to_channels_last
-from tlresearch.models.predictions import Record, TestPredictions
+from tlresearch.models.predictions import Record, TestPredictions, confusion_from_record
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,7 @@ class TransferClassifier(pl.LightningModule):
         self.val_metrics = classification_metrics(num_classes, "val")
         self.test_metrics = classification_metrics(num_classes, "test")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
-        self.test_confusion_matrix: torch.Tensor | None = None
+        self.test_confusion_matrix: torch.Tensor | None = None  # from the gathered record: each test image once
         # The last test's per-image predictions, every rank's gathered (models/predictions.py):
         # {"probs", "labels", "indices" into the test dataset}; predictions.csv, the intervals of
         # metrics.json and the W&B report read them (results/run_predictions.py).
@@ -289,7 +288,6 @@ class TransferClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         logits = self._eval_step(batch, self.test_metrics, self.test_loss, "test")
-        self.test_confusion.update(logits, batch[1])
         self._test_collector.add(logits, batch[1])
 
     def _eval_step(self, batch, metrics: MetricCollection, loss_metric: MeanMetric, stage: str) -> torch.Tensor:
@@ -302,12 +300,12 @@ class TransferClassifier(pl.LightningModule):
         return logits
 
     def on_test_epoch_start(self) -> None:
-        self.test_confusion.reset()
         self._test_collector.reset()
 
     def on_test_epoch_end(self) -> None:
-        self.test_confusion_matrix = self.test_confusion.compute().cpu()
         self.test_predictions = self._test_collector.record(self, self.hparams.num_classes, _dataset_length(self.trainer))
+        record = self.test_predictions
+        self.test_confusion_matrix = None if record is None else confusion_from_record(record, self.hparams.num_classes)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

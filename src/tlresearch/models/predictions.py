@@ -72,3 +72,11 @@ def merge_rank_shares(probs: Sequence[torch.Tensor], labels: Sequence[torch.Tens
     keep = flat_indices < dataset_length if dataset_length > 0 else torch.ones_like(flat_indices, dtype=torch.bool)
     order = torch.argsort(flat_indices[keep])
     return {"probs": flat_probs[keep][order], "labels": flat_labels[keep][order].long(), "indices": flat_indices[keep][order]}
+
+
+def confusion_from_record(record: Record, num_classes: int) -> torch.Tensor:
+    """The ``[C, C]`` confusion matrix (rows: true class, columns: predicted) of a record: each
+    test image counted once, so under DDP the sampler's padding does not count twice."""
+    predicted = record["probs"].argmax(dim=1)
+    flat = record["labels"].long() * num_classes + predicted
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -19,7 +19,7 @@ import torch
 
 from tlresearch.data.images import Sample
 from tlresearch.results.predictions import write_predictions
-from tlresearch.results.statistics import interval_metrics
+from tlresearch.results.statistics import accuracy, interval_metrics, mean_class_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,14 @@ def image_paths(indices: Sequence[int], samples: Sequence[Sample] | None, split:
 
 def record_predictions(out_dir: Path, record: Mapping[str, torch.Tensor], datamodule: Any, class_names: Sequence[str], *,
                        seed: int, split: str = "test") -> dict[str, float]:
-    """Write ``<out_dir>/predictions.csv`` from ``record`` and return the 95% percentile-bootstrap
-    intervals of ``{split}/acc`` and ``{split}/mean_class_acc`` over its images
+    """Write ``<out_dir>/predictions.csv`` from ``record`` and return ``{split}/acc`` and
+    ``{split}/mean_class_acc`` over its images with their 95% percentile-bootstrap intervals
     (:func:`~tlresearch.results.statistics.interval_metrics`, :data:`RESAMPLES` resamples seeded
-    with ``seed``): the ``{split}/acc_ci_low|high`` and ``{split}/mean_class_acc_ci_low|high`` keys."""
+    with ``seed``): the ``{split}/acc_ci_low|high`` and ``{split}/mean_class_acc_ci_low|high`` keys.
+
+    The point values replace the test loop's: under DDP its metrics count the sampler's padding
+    (the first images again), the record each image once, so metrics.json says exactly what
+    predictions.csv holds."""
     probs, labels, indices = record["probs"], record["labels"], record["indices"]
     samples = split_samples(datamodule, split)
     if samples is None:
@@ -67,4 +71,5 @@ def record_predictions(out_dir: Path, record: Mapping[str, torch.Tensor], datamo
     write_predictions(out_dir / PREDICTIONS_FILE, image_paths(indices.tolist(), samples, split), labels_np,
                       probs.float().cpu().numpy(), class_names)
     predicted = probs.argmax(dim=1).cpu().numpy()
-    return interval_metrics(labels_np, predicted, resamples=RESAMPLES, seed=seed, split=split)
+    points = {f"{split}/acc": accuracy(labels_np, predicted), f"{split}/mean_class_acc": mean_class_accuracy(labels_np, predicted)}
+    return {**points, **interval_metrics(labels_np, predicted, resamples=RESAMPLES, seed=seed, split=split)}
