@@ -45,7 +45,8 @@ def split_samples(datamodule: Any, split: str = "test") -> Sequence[Sample] | No
 
 
 def image_paths(indices: Sequence[int], samples: Sequence[Sample] | None, split: str = "test") -> list[str]:
-    """Each image's path relative to the dataset root (``Sample.rel``: what manifests record, and
+    """Each image's path relative to the dataset root (``Sample.rel``: what manifests record, an
+    image in an array file as ``<file>#<index>``, and
     the same on every machine, so runs on copies of a dataset pair up), or ``<split>[<index>]``
     where the datamodule has no samples."""
     if samples is None:
