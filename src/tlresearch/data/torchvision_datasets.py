@@ -194,7 +194,7 @@ class TorchvisionDataModule(ImageClassificationDataModule):
     # -- datasets -----------------------------------------------------------------------------
 
     def _verify_test(self, test: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
-        if self.arrays:  # arrays always decode; torchvision read them already
+        if self.arrays:  # pixels, not encoded files: nothing to decode (the files were read when the splits were)
             return test, []
         return super()._verify_test(test)
 
