@@ -73,7 +73,8 @@ def test_an_image_file_whose_name_ends_like_an_array_index_is_still_a_file(tmp_p
 @pytest.mark.slow
 def test_a_cifar10_run_names_each_test_image_in_predictions_csv_even_with_decode_on_device(tmp_path, caplog):
     root = tmp_path / "data"
-    overrides = [*FAST, *ARRAYS, "data=cifar10", f"data.root={generate('cifar10', root)}", "backbone.input_size=32",
+    overrides = [*FAST, *ARRAYS, "data=cifar10", f"data.root={generate('cifar10', root)}", "backbone=timm",
+                 "backbone.name=test_resnet", "backbone.weights=null", "backbone.input_size=32",
                  "finetune=logistic", "finetune.num_l2=3",
                  "finetune.decode_on_device=true", "finetune.cache_features=false"]
     with caplog.at_level(logging.WARNING, logger="tlresearch.protocols.cached_data"):
