@@ -2,7 +2,8 @@
 
 * :class:`Sample`: one labelled image, as every split, manifest hash and dataset records it;
 * decoding (:func:`load_rgb`, :func:`to_rgb`): every mode to 8-bit RGB, decompression bombs
-  refused, bad files raised rather than half-decoded;
+  refused, bad files raised rather than half-decoded; an image inside an array file
+  (``<file>#<index>``, :mod:`tlresearch.data.arrays`) is read from its array;
 * file checks (:func:`check_image`, :func:`has_jfif_header`): why a file must be dropped, as a
   reason string (:func:`reason_category` groups the reasons);
 * :func:`verify_samples`: decode a split's files once, keep those that decode (the test split);
@@ -27,6 +28,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .arrays import load_item, split_item
+
 log = logging.getLogger(__name__)
 
 #: File suffixes treated as images; anything else is dropped as "not an image" without opening it.
@@ -38,8 +41,8 @@ IMAGE_FILTERS = ("decodes", "jfif")
 class Sample(NamedTuple):
     """One labelled image."""
 
-    path: str  # absolute path, opened by the dataset
-    rel: str  # '/'-separated path relative to the dataset root: what manifests and hashes record
+    path: str  # absolute path, opened by the dataset (an image in an array file: <file>#<index>, data/arrays.py)
+    rel: str  # '/'-separated path relative to the dataset root: what manifests, hashes and predictions.csv record
     label: int
     group: str  # stratification key: the class name (pets' species target stratifies by breed)
 
@@ -77,12 +80,16 @@ def _grey_array_to_rgb(array: np.ndarray) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Fully decode the image at ``path`` into RGB.
+    """Fully decode the image at ``path`` into RGB: an image file, or an image inside an array
+    file (``<file>#<index>``, :func:`~tlresearch.data.arrays.load_item`).
 
     Raises whatever PIL raises for a bad file. An image over ``PIL.Image.MAX_IMAGE_PIXELS``
     (a possible decompression bomb) raises ``DecompressionBombError`` before it is decoded,
     where PIL itself would only warn (it refuses only at twice the limit).
     """
+    item = split_item(path)
+    if item is not None:
+        return load_item(*item)
     with Image.open(path) as image:
         # Checked here rather than by turning PIL's warning into an error: warning filters are
         # process-wide and not thread-safe, and the scanner decodes in threads.

@@ -6,9 +6,9 @@ are, a validation split carved from train where there is no official one, the sp
 protocols (Caltech-101: 30 training images per class, the rest test; SUN397: Kornblith's
 partition 1; EuroSAT: no official split, test and val carved), and the VTAB-1k subset
 (``subset=vtab1k``: 800 train + 200 val drawn with a fixed seed from the official train+val
-pool, drawn by the base class; ``subset=vtab1k_full``: train on those 1,000, no val). Images stored as arrays (CIFAR,
-SVHN, PCam) are read from the torchvision object (:class:`TorchvisionItems`); the others are
-image files, read like every other DataModule's.
+pool, drawn by the base class; ``subset=vtab1k_full``: train on those 1,000, no val). An image
+stored in an array file (CIFAR, SVHN, PCam) is named ``<array file>#<index>``
+(:mod:`tlresearch.data.arrays`) and read like an image file, by the same loader.
 """
 
 from __future__ import annotations
@@ -24,29 +24,13 @@ from tlresearch.core.config import check_bool, check_choice, check_int, require
 from tlresearch.core.errors import ConfigError
 
 from .datamodule import ImageClassificationDataModule
-from .images import ImageListDataset, Sample, to_rgb
+from .images import Sample
 from .splits import check_fractions, stratified_split, take_per_class
 from .torchvision_sources import SOURCES, missing_message, open_split, read_items
 
 log = logging.getLogger(__name__)
 
 METRICS = ("acc", "mean_class_acc")
-
-
-class TorchvisionItems(ImageListDataset):
-    """An :class:`ImageListDataset` whose samples are items of torchvision objects
-    (``Sample.path`` = ``"<split>:<index>"``), for datasets stored as arrays."""
-
-    def __init__(self, samples, transform=None, *, sources: dict[str, Any], **kwargs: Any) -> None:
-        super().__init__(samples, transform, **kwargs)
-        self.sources = sources
-
-    def untransformed(self) -> TorchvisionItems:
-        return TorchvisionItems(self.samples, sources=self.sources, replace_unreadable=self.replace_unreadable, failures=self.failures)
-
-    def _try_load(self, index: int):
-        split, item = self.samples[index].path.rsplit(":", 1)
-        return to_rgb(self.sources[split][int(item)][0])
 
 
 class TorchvisionDataModule(ImageClassificationDataModule):
@@ -88,7 +72,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
         self.metric = check_choice("data.metric", metric, METRICS)  # type: ignore[misc]
         self.verify_checksums = check_bool("data.verify_checksums", verify_checksums)
         self.arrays = SOURCES[self.dataset_name].arrays
-        self._sources: dict[str, Any] = {}
         self._classes = []  # read with the files in setup()
 
     @property
@@ -138,7 +121,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
     def _read(self, split: str) -> list[Sample]:
         """The samples of one torchvision split (``""``: the dataset has no split argument)."""
         obj = open_split(self.dataset_name, self.root, split, verify_checksums=self.verify_checksums, options=self.options)
-        self._sources[split] = obj
         classes, items = read_items(self.dataset_name, obj)
         if not self._classes:
             highest = max((label for _, label in items), default=0)
@@ -151,8 +133,6 @@ class TorchvisionDataModule(ImageClassificationDataModule):
                             self.dataset_name, len(classes), self.expected_classes)
         if not items:
             raise ConfigError(missing_message(self.dataset_name, self.root, f"the {split or 'whole'} split is empty"))
-        if self.arrays:
-            return [Sample(f"{split}:{i}", f"{split}/{int(i):07d}", label, classes[label]) for i, label in items]
         return [Sample(path, Path(path).relative_to(self.root).as_posix(), label, classes[label]) for path, label in items]
 
     # -- splits -------------------------------------------------------------------------------
@@ -213,13 +193,8 @@ class TorchvisionDataModule(ImageClassificationDataModule):
 
     # -- datasets -----------------------------------------------------------------------------
 
-    def _make_dataset(self, split: str, samples: list[Sample]) -> ImageListDataset:
-        if not self.arrays:
-            return super()._make_dataset(split, samples)
-        return TorchvisionItems(samples, self._transform(split), sources=self._sources, replace_unreadable=split != "test")
-
     def _verify_test(self, test: list[Sample]) -> tuple[list[Sample], list[tuple[str, str]]]:
-        if self.arrays:  # arrays always decode; torchvision read them already
+        if self.arrays:  # pixels, not encoded files: nothing to decode (the files were read when the splits were)
             return test, []
         return super()._verify_test(test)
 

@@ -2,9 +2,9 @@
 
 A :class:`Source` names the torchvision class, how its constructor selects a split, the folder
 its files live in (for messages), and how to read samples out of a constructed object:
-:func:`read_items` gives ``(locator, label)`` pairs where the locator is an image file when
+:func:`read_items` gives ``(path, label)`` pairs where the path is an image file when
 torchvision reads files (Food-101, DTD, Flowers, Aircraft, Cars, Caltech-101, SUN397, EuroSAT)
-and an item index when it reads arrays (CIFAR, SVHN, PCam). :func:`open_split` builds the real
+and ``<array file>#<index>`` when it reads arrays (CIFAR, SVHN, PCam: :mod:`tlresearch.data.arrays`). :func:`open_split` builds the real
 torchvision object; ``verify_checksums=false`` skips the md5 check torchvision runs on CIFAR,
 SVHN and Flowers (needed for generated copies, whose files cannot match the official sums).
 """
@@ -22,6 +22,8 @@ import torchvision.datasets as tvd
 
 from tlresearch.core.errors import ConfigError
 
+from .arrays import item_ids
+
 
 @dataclass(frozen=True)
 class Source:
@@ -31,7 +33,7 @@ class Source:
     folder: str  # where its files are under data.root (for messages)
     how_to_get: str  # what to download by hand
     split_arg: str = "split"  # constructor keyword selecting the split ("train" for CIFAR: bool)
-    arrays: bool = False  # items are arrays (index locators), not image files
+    arrays: bool = False  # images are stored in array files (named <file>#<index>), not one file each
     checksums: bool = False  # torchvision verifies md5 sums when loading
     extra: dict[str, Any] = field(default_factory=dict)  # fixed constructor arguments
 
@@ -115,16 +117,18 @@ def missing_message(name: str, root: Path, error: object) -> str:
 
 
 def read_items(name: str, dataset: Any) -> tuple[list[str], list[tuple[str, int]]]:
-    """``(classes, [(locator, label), ...])`` of a torchvision dataset object, in its order."""
+    """``(classes, [(path, label), ...])`` of a torchvision dataset object, in its order."""
     if name in ("cifar10", "cifar100"):
-        return list(dataset.classes), [(str(i), int(t)) for i, t in enumerate(dataset.targets)]
+        base = Path(dataset.root) / dataset.base_folder
+        files = [base / file for file, _ in (dataset.train_list if dataset.train else dataset.test_list)]
+        return list(dataset.classes), _array_items(files, dataset.targets)
     if name == "svhn":
-        return [str(d) for d in range(10)], [(str(i), int(t)) for i, t in enumerate(dataset.labels)]
+        return [str(d) for d in range(10)], _array_items([Path(dataset.root) / dataset.filename], dataset.labels)
     if name == "pcam":
-        targets = dataset._FILES[dataset._split]["targets"][0]
-        with h5py.File(dataset._base_folder / targets) as f:
+        files = dataset._FILES[dataset._split]
+        with h5py.File(dataset._base_folder / files["targets"][0]) as f:
             labels = [int(v) for v in f["y"][:].reshape(-1)]
-        return ["no_tumor", "tumor"], [(str(i), t) for i, t in enumerate(labels)]
+        return ["no_tumor", "tumor"], _array_items([dataset._base_folder / files["images"][0]], labels)
     if name == "caltech101":
         base = Path(dataset.root) / "101_ObjectCategories"
         items = [(str(base / dataset.categories[y] / f"image_{i:04d}.jpg"), int(y)) for i, y in zip(dataset.index, dataset.y)]
@@ -135,3 +139,14 @@ def read_items(name: str, dataset: Any) -> tuple[list[str], list[tuple[str, int]
         return list(dataset.classes), [(os.fspath(p), int(t)) for p, t in dataset._samples]
     classes = list(getattr(dataset, "classes", [])) or [str(i) for i in range(max(dataset._labels) + 1)]
     return classes, [(os.fspath(p), int(t)) for p, t in zip(dataset._image_files, dataset._labels)]
+
+
+def _array_items(files: list[Path], labels: Any) -> list[tuple[str, int]]:
+    """``(<file>#<index>, label)`` of every image of ``files`` (torchvision's order: file by file)."""
+    paths = [path for file in files for path in item_ids(file)]
+    if len(paths) != len(labels):
+        raise ConfigError(
+            f"data.root: {', '.join(map(str, files))} hold {len(paths)} images but {len(labels)} labels: the files are damaged or "
+            "of different copies; download them again (data.download=true)."
+        )
+    return [(path, int(label)) for path, label in zip(paths, labels)]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tlresearch.core.files import atomic_write, write_json_atomic
+from tlresearch.data.arrays import image_stem
 from tlresearch.imageopt.images import SourceImages, to_float
 from tlresearch.imageopt.network import slug
 from tlresearch.imageopt.render import attack_grid, ideal_grid, magnified_perturbation, save_png
@@ -53,13 +54,13 @@ def write_pngs(
             name = f"{i:03d}_{slug(r['target_name'])}_seed{r['seed']}"
         else:
             goal = f"to_{slug(r['target_name'])}" if r["target"] >= 0 else "untargeted"
-            name = f"{i:03d}_{slug(sources.paths[r['source_index']].stem)}_{goal}"
+            name = f"{i:03d}_{slug(image_stem(sources.paths[r['source_index']]))}_{goal}"
             source = to_float(sources.pixels[r["source_index"]])
             save_png(magnified_perturbation(image, source)[0], directory / f"{name}_perturbation.png")
         pictures[name] = save_png(image, directory / f"{name}.png")
         r["png"] = f"{directory.name}/{name}.png"
     if sources is not None:
         for j, path in enumerate(sources.paths):
-            name = f"src{j:03d}_{slug(path.stem)}_source"
+            name = f"src{j:03d}_{slug(image_stem(path))}_source"
             pictures[name] = save_png(to_float(sources.pixels[j]), directory / f"{name}.png")
     return pictures

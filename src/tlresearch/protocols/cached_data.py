@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tlresearch.data.arrays import stored_as_arrays
 from tlresearch.data.datamodule import ImageClassificationDataModule, SplitLoaders
 from tlresearch.data.sampler import SeededIndex, shuffled_loader
 from tlresearch.data.transforms import eval_transform, train_transform
@@ -82,7 +83,8 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         seed: seeds the augmented views.
         precision, device: used when no Trainer is attached (with one, its precision and
             device are used, and under DDP its ranks share the extraction).
-        decode_on_device: decode JPEGs with ``torchvision.io.decode_jpeg`` on the device.
+        decode_on_device: decode JPEGs with ``torchvision.io.decode_jpeg`` on the device (not
+            for images stored in array files: those are read by the usual loader, with a warning).
         channels_last: the ``model.channels_last`` setting for the extraction forward pass.
         backbone_info: the backbone's ``describe()``, recorded in the key's description.
     """
@@ -117,6 +119,7 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
         self._sets: dict[str, FeatureSet] = {}
         self._weights_digest: str | None = None  # the backbone is frozen: hashed once
         self.stats: dict[str, dict[str, Any]] = {}  # per split: key, hit, seconds
+        self._warned_arrays = False
 
     # -- what the train task and the records read, as from the image DataModule ----------------
 
@@ -174,9 +177,25 @@ class CachedFeatureDataModule(SplitLoaders, pl.LightningDataModule):
             views=self.views if augmented else 1,
             seed=self.seed if augmented else None,
             precision=str(self._trainer_or("precision", self.precision)),
-            decode_on_device=self.decode_on_device and not augmented,
+            decode_on_device=self.decode_on_device and not augmented and self._jpeg_files(split),
             preprocessing=pre,
         )
+
+    def _jpeg_files(self, split: str) -> bool:
+        """False (with a warning, once) when ``split``'s images are stored in array files (CIFAR,
+        SVHN, PCam): ``decode_on_device`` has no encoded file to decode there. It is a speed setting
+        that one sweep applies to every dataset of a suite, so the job goes on with the usual
+        loader rather than failing; the cache key records the decoder actually used."""
+        if not stored_as_arrays(self.images.dataset(split).samples):
+            return True
+        if not self._warned_arrays:
+            self._warned_arrays = True
+            log.warning(
+                "finetune.decode_on_device=true does not apply to %s: its images are stored as pixel arrays, not JPEG files; "
+                "extracting features with the usual loader instead (set finetune.decode_on_device=false to silence this).",
+                self.images.name,
+            )
+        return False
 
     def _trainer_or(self, what: str, default: Any) -> Any:
         trainer = self.trainer

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import atomic_write
+from tlresearch.data.arrays import sample_file
 from tlresearch.data.gpu_decode import device_decoded_batches
 from tlresearch.data.images import ImageListDataset, Sample, as_image_list
 from tlresearch.data.sampler import mix_seed, seeded_rng
@@ -64,15 +65,20 @@ def module_digest(module: nn.Module) -> str:
 
 
 def samples_digest(samples: Sequence[Sample]) -> str:
-    """A hash of the samples in order: relative path, label, and the file's size and mtime
-    (a file replaced in place changes the key)."""
+    """A hash of the samples in order: relative path, label, and the size and mtime of the file
+    that holds the image (the image file, or the array file of an image stored in one: a file
+    replaced in place changes the key)."""
     digest = hashlib.blake2b(digest_size=20)
+    stats: dict[str, tuple[int, int]] = {}  # an array file holds many samples: stat it once
     for sample in samples:
-        try:
-            st = os.stat(sample.path)
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, 0
+        file = sample_file(sample.path)
+        if file not in stats:
+            try:
+                st = os.stat(file)
+                stats[file] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stats[file] = (-1, 0)
+        size, mtime = stats[file]
         digest.update(f"{sample.rel}\t{sample.label}\t{size}\t{mtime}\n".encode())
     return digest.hexdigest()
 

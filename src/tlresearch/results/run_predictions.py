@@ -45,9 +45,9 @@ def split_samples(datamodule: Any, split: str = "test") -> Sequence[Sample] | No
 
 
 def image_paths(indices: Sequence[int], samples: Sequence[Sample] | None, split: str = "test") -> list[str]:
-    """Each image's path relative to the dataset root (``Sample.rel``: what manifests record, and
-    the same on every machine, so runs on copies of a dataset pair up), or ``<split>[<index>]``
-    where the datamodule has no samples."""
+    """Each image's path relative to the dataset root (``Sample.rel``: what manifests record, the
+    same on every machine, so runs on copies of a dataset pair up; an image stored in an array
+    file is ``<file>#<index>``), or ``<split>[<index>]`` where the datamodule has no samples."""
     if samples is None:
         return [f"{split}[{int(i)}]" for i in indices]
     return [samples[int(i)].rel for i in indices]
