@@ -6,6 +6,7 @@ whole sweep (see src/tlresearch/runner/distributed.py). These tests run the real
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import PETS_SMALL_BREEDS, PETS_SMALL_TRAINVAL
 from tests.helpers import FAST, run_cli
 from tests.sweeps.wandb_records import offline_runs
+from tlresearch.data.generate import Generated
 from tlresearch.runner.distributed import hydra_quote, module_name
 
 DDP = ["trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_epochs=1"]
@@ -41,16 +44,29 @@ def test_ddp_multirun_one_directory_and_one_wandb_run_per_job(pets_root: Path, t
 
 
 @pytest.mark.slow
-def test_ddp_single_run_writes_one_run_directory(pets_root: Path, tmp_path: Path) -> None:
-    """Lightning's own re-launch for a single run: rank 1 joins the same directory and writes nothing."""
+def test_ddp_single_run_writes_one_run_directory_and_tests_each_image_once(pets_small_generated: Generated, tmp_path: Path) -> None:
+    """Lightning's own re-launch for a single run: rank 1 joins the same directory and writes nothing.
+    The test split has an odd number of images (3 breeds x 7), so the DistributedSampler pads
+    rank 1's share with the first image again; metrics.json counts every image exactly once."""
     run_dir = tmp_path / "run"
-    result = run_cli("tlresearch.train", *FAST, *DDP, f"data.root={pets_root}", "data.val_per_class=2",
+    result = run_cli("tlresearch.train", *FAST, *DDP, f"data.root={pets_small_generated.root}", "data.val_per_class=2",
                      f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
     assert (run_dir / "train_ddp_process_1.log").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no second run directory
     assert result.stdout.count("Run directory:") == 1
+    with (run_dir / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    tested = PETS_SMALL_BREEDS * PETS_SMALL_TRAINVAL
+    assert len(rows) == len({r["path"] for r in rows}) == metrics["data/test_images"] == tested  # odd: padding happened
+    correct = [r["label"] == r["prediction"] for r in rows]
+    assert metrics["test/acc"] == pytest.approx(sum(correct) / tested)
+    per_class = [sum(c for c, r in zip(correct, rows) if r["label"] == k) / PETS_SMALL_TRAINVAL for k in {r["label"] for r in rows}]
+    assert metrics["test/mean_class_acc"] == pytest.approx(sum(per_class) / len(per_class))
+    matrix = json.loads((run_dir / "confusion_matrix.json").read_text())["matrix"]
+    assert sum(map(sum, matrix)) == tested and sum(matrix[i][i] for i in range(len(matrix))) == sum(correct)
 
 
 def test_module_name_of_a_function_run_as_main() -> None:
