@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from benchmarks._common import WORKSPACE, interleave, median, report
-from tlresearch.data.datamodule import resolve_num_workers, resolve_pin_memory
 from tlresearch.data.folder import ImageFolderDataModule
 from tlresearch.data.generate import generate_folder
+from tlresearch.data.settings import resolve_num_workers, resolve_pin_memory
 from tlresearch.data.transforms import Augmentation, Preprocessing, train_transform
 
 

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tlresearch.data.datamodule import auto_num_workers
+from tlresearch.data.settings import auto_num_workers
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from tlresearch.core.errors import ConfigError
-from tlresearch.data.datamodule import resolve_num_workers
 from tlresearch.data.folder import ImageFolderDataModule
+from tlresearch.data.settings import resolve_num_workers
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
 # -- arguments --------------------------------------------------------------------------------

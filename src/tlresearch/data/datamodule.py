@@ -1,7 +1,7 @@
 """The base of every image-classification DataModule: arguments, transforms, loaders, provenance.
 
 :class:`ImageClassificationDataModule` checks the arguments every dataset shares (root, batch
-size, workers, seed, augmentation, preprocessing...), builds the train/val/test datasets from
+size, workers, seed, augmentation, preprocessing...; the shared checks: data/settings.py), builds the train/val/test datasets from
 the splits a subclass gives (:meth:`~ImageClassificationDataModule._build_splits`; the test split
 verified, its undecodable files excluded and recorded), serves their loaders (a resumable,
 seeded shuffle for train) and describes what it used (:meth:`~ImageClassificationDataModule.describe`
@@ -17,7 +17,6 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -25,70 +24,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tlresearch.core.config import check_bool, check_choice, check_int, from_node, is_int, require
+from tlresearch.core.config import check_bool, check_choice, check_int, require
 from tlresearch.core.errors import ConfigError
 
 from .images import ImageListDataset, Sample, reason_category, verify_samples
 from .memory import hold_in_memory
 from .sampler import ResumableTrainData
+from .settings import check_root, coerce_augmentation, coerce_preprocessing, resolve_num_workers, resolve_pin_memory
 from .splits import SPLITS, SUBSETS, samples_sha256, take_per_class, vtab1k_subset
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 log = logging.getLogger(__name__)
-
-
-def coerce_augmentation(value: Any) -> Augmentation:
-    """``None`` (the default augmentation), an :class:`Augmentation`, or a mapping of its fields."""
-    if value is None:
-        return Augmentation()
-    aug = from_node(Augmentation, value, "data.augment")
-    scale = aug.scale
-    valid = len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale) and 0 < scale[0] <= scale[1] <= 1
-    require(valid, "data.augment.scale", list(scale), "use [min, max] with 0 < min <= max <= 1, e.g. [0.08, 1.0].")
-    return aug
-
-
-def coerce_preprocessing(value: Any) -> Preprocessing:
-    """``None`` (ImageNet defaults at 224 px), a :class:`Preprocessing`, or a mapping of its fields.
-
-    Hydra's ``instantiate(cfg, preprocessing=pre)`` merges ``pre`` into the config, so it arrives
-    as a DictConfig; this turns it back into a :class:`Preprocessing`.
-    """
-    if value is None:
-        return Preprocessing()
-    return from_node(Preprocessing, value, "preprocessing")
-
-
-def auto_num_workers() -> int:
-    """min(8, CPUs available to this process - 1), at least 0."""
-    try:
-        cpus = len(os.sched_getaffinity(0))  # honours taskset/cgroup pinning, unlike cpu_count
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
-
-
-def resolve_num_workers(value: int | str) -> int:
-    """``"auto"`` -> :func:`auto_num_workers`; a non-negative int is used as is."""
-    if value == "auto":
-        return auto_num_workers()
-    require(is_int(value) and value >= 0, "data.num_workers", value, "use a non-negative integer or 'auto' (min(8, CPUs - 1)).")
-    return int(value)
-
-
-def resolve_pin_memory(value: bool | str) -> bool:
-    """``"auto"`` -> whether CUDA is available; a bool is used as is."""
-    if value == "auto":
-        return torch.cuda.is_available()
-    require(isinstance(value, bool), "data.pin_memory", value, "use true, false or 'auto' (true when a CUDA device is available).")
-    return bool(value)
-
-
-def _check_root(root: Any) -> Path:
-    valid = isinstance(root, (str, os.PathLike)) and bool(str(root).strip())
-    require(valid, "data.root", root, "use a directory path, e.g. data.root=/datasets/pets.")
-    # Absolute now, so messages, manifests and describe() do not depend on a later chdir.
-    return Path(os.path.expandvars(os.path.expanduser(str(root)))).absolute()
 
 
 def primary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,7 +120,7 @@ class ImageClassificationDataModule(SplitLoaders, ResumableTrainData, pl.Lightni
         subset_val: int = 200,
     ) -> None:
         super().__init__()
-        self.root = _check_root(root)
+        self.root = check_root(root)
         self.batch_size = check_int("data.batch_size", batch_size, minimum=1)
         self.num_workers = resolve_num_workers(num_workers)
         self.seed = check_int("data.seed", seed)
