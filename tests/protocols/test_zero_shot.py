@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,7 +38,7 @@ from tlresearch.protocols.zero_shot import class_embeddings, image_embeddings, r
 OPENAI_REPO = "timm/vit_base_patch16_clip_224.openai"  # where both open_clip's and timm's OpenAI ViT-B/16 files live
 TINY_OPEN_CLIP = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
                   "patch_size": 16}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
-TINY_TIMM = ["+backbone.depth=1", "+backbone.embed_dim=64", "+backbone.num_heads=2"]  # the same tower, built by timm
+TINY_TIMM = ["+backbone.depth=1", "+backbone.embed_dim=64", "+backbone.num_heads=2", "+backbone.num_classes=32"]  # the same tower, built by timm
 
 
 def seed_hub_file(cache: Path, repo_id: str, filename: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -208,15 +209,19 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
     open_clip's own zero-shot classifier (its encode_image and encode_text on the same images and
     prompts), nothing trains, and the table shows both columns."""
     sweep = tmp_path / "sweep"
-    code, out = run_in_process("tlresearch.train", [
-        "-m", "backbone=clip_vitb16", *TINY_TIMM, "finetune=logistic,zero_shot", "finetune.num_l2=2", "data=pets", f"data.root={pets_root}",
-        "data.num_breeds=3", "data.val_per_class=2", "data.num_workers=0", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
-    ], capsys)
+    common = ["backbone=clip_vitb16", *TINY_TIMM, "data=pets", f"data.root={pets_root}", "data.num_breeds=3", "data.val_per_class=2",
+              "data.num_workers=0", "trainer.enable_progress_bar=false"]
+    code, out = run_in_process("tlresearch.train", ["-m", *common, "finetune=logistic", "finetune.num_l2=2",
+                                                    f"hydra.sweep.dir={sweep / 'logistic'}"], capsys)
     assert code == 0, out
-    run = next(p.parent for p in sweep.glob("*/zero_shot.json"))
+    code, out = run_in_process("tlresearch.train", ["-m", *common, "finetune=zero_shot", f"hydra.sweep.dir={sweep / 'zero_shot'}"], capsys)
+    assert code == 0, out
+    run = sweep / "zero_shot" / "0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["params/trainable"] == 0 and metrics["params/trainable_share"] == 0
     assert {"test/acc", "test/mean_class_acc", "test/primary", "test/acc_ci_low", "zero_shot/templates"} <= set(metrics)
+    log = (run / "train.log").read_text()  # the test features logistic extracted serve zero-shot too; train/val are never read
+    assert re.search(r"test features of \d+ images: read from the cache", log) and "train features" not in log
     record = json.loads((run / "zero_shot.json").read_text())
     assert record["templates"] == ["a photo of a {}, a type of pet."] and record["class_names"] == ["Abyssinian", "American Bulldog",
                                                                                                     "American Pit Bull Terrier"]
@@ -229,7 +234,7 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
     tokenizer = open_clip.get_tokenizer("ViT-B-16-quickgelu")
     with torch.no_grad():
         text = F.normalize(clip.encode_text(tokenizer([f"a photo of a {n}, a type of pet." for n in record["class_names"]])), dim=-1)
-        probs = (clip.logit_scale.exp() * F.normalize(clip.encode_image(transformed_images(rows, pets_root)), dim=-1) @ text.t()).softmax(-1)
+        probs = (clip.logit_scale.exp() * F.normalize(clip.encode_image(transformed_images(rows, pets_root / "oxford-iiit-pet")), dim=-1) @ text.t()).softmax(-1)
     assert len(rows) == len(probs)
     torch.testing.assert_close(torch.tensor([float(r["confidence"]) for r in rows]), probs.max(1).values, atol=1e-4, rtol=1e-4)
     assert [r["prediction"] for r in rows] == [record["class_names"][i] for i in probs.argmax(1)]
@@ -241,7 +246,7 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
 
 
 def transformed_images(rows: list[dict[str, str]], root: Path) -> torch.Tensor:
-    """predictions.csv's images through the eval transform of the backbone's preprocessing (timm's data config)."""
+    """predictions.csv's images (paths relative to the dataset's root) through the eval transform of the backbone's preprocessing (timm's data config)."""
     backbone = create_backbone("vit_base_patch16_clip_quickgelu_224.openai", weights=None, depth=1, embed_dim=64, num_heads=2)
     transform = eval_transform(backbone.preprocessing)
     return torch.stack([transform(load_rgb(root / r["path"])) for r in rows])

@@ -78,7 +78,7 @@ def run_zero_shot(
         "time/text_s": text_s,
         "zero_shot/templates": len(templates),
         "zero_shot/logit_scale": clip.logit_scale,
-        "protocol": f"zero_shot: {clip.source} text tower, {len(templates)} {template_source} templates, no training",
+        "protocol": f"zero_shot: {clip.source} text tower, {len(templates)} templates ({template_source}), no training",
     })
     return metrics, features
 
