@@ -38,7 +38,8 @@ from tlresearch.protocols.zero_shot import class_embeddings, image_embeddings, r
 OPENAI_REPO = "timm/vit_base_patch16_clip_224.openai"  # where both open_clip's and timm's OpenAI ViT-B/16 files live
 TINY_OPEN_CLIP = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
                   "patch_size": 16}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
-TINY_TIMM = ["+backbone.depth=1", "+backbone.embed_dim=64", "+backbone.num_heads=2", "+backbone.num_classes=32"]  # the same tower, built by timm
+# The same tower built by timm (num_classes: the projection's width, timm's head of CLIP weights).
+TINY_TIMM = ["+backbone.depth=1", "+backbone.embed_dim=64", "+backbone.num_heads=2", "+backbone.num_classes=32"]
 
 
 def seed_hub_file(cache: Path, repo_id: str, filename: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -234,7 +235,8 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
     tokenizer = open_clip.get_tokenizer("ViT-B-16-quickgelu")
     with torch.no_grad():
         text = F.normalize(clip.encode_text(tokenizer([f"a photo of a {n}, a type of pet." for n in record["class_names"]])), dim=-1)
-        probs = (clip.logit_scale.exp() * F.normalize(clip.encode_image(transformed_images(rows, pets_root / "oxford-iiit-pet")), dim=-1) @ text.t()).softmax(-1)
+        images = F.normalize(clip.encode_image(transformed_images(rows, pets_root / "oxford-iiit-pet")), dim=-1)
+        probs = (clip.logit_scale.exp() * images @ text.t()).softmax(-1)
     assert len(rows) == len(probs)
     torch.testing.assert_close(torch.tensor([float(r["confidence"]) for r in rows]), probs.max(1).values, atol=1e-4, rtol=1e-4)
     assert [r["prediction"] for r in rows] == [record["class_names"][i] for i in probs.argmax(1)]
@@ -246,7 +248,8 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
 
 
 def transformed_images(rows: list[dict[str, str]], root: Path) -> torch.Tensor:
-    """predictions.csv's images (paths relative to the dataset's root) through the eval transform of the backbone's preprocessing (timm's data config)."""
+    """predictions.csv's images (paths relative to the dataset's root) through the eval transform of
+    the backbone's preprocessing (timm's data config)."""
     backbone = create_backbone("vit_base_patch16_clip_quickgelu_224.openai", weights=None, depth=1, embed_dim=64, num_heads=2)
     transform = eval_transform(backbone.preprocessing)
     return torch.stack([transform(load_rgb(root / r["path"])) for r in rows])
