@@ -220,6 +220,7 @@ def test_zero_shot_run_is_clip_and_sits_next_to_logistic_in_the_table(clip_hub, 
     run = sweep / "zero_shot" / "0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["params/trainable"] == 0 and metrics["params/trainable_share"] == 0
+    assert metrics["params/total"] == sum(p.numel() for p in clip_hub.model.parameters())  # the whole CLIP model
     assert {"test/acc", "test/mean_class_acc", "test/primary", "test/acc_ci_low", "zero_shot/templates"} <= set(metrics)
     log = (run / "train.log").read_text()  # the test features logistic extracted serve zero-shot too; train/val are never read
     assert re.search(r"test features of \d+ images: read from the cache", log) and "train features" not in log

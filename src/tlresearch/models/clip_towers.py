@@ -54,6 +54,8 @@ class ClipText:
         projection: the image projection ``[F, D]`` (backbone features ``@ projection``).
         logit_scale: CLIP's learned temperature, ``exp(logit_scale)`` (100 for OpenAI's weights).
         source: ``open_clip:<model>/<pretrained>``, for the records.
+        num_parameters: the parameters of the CLIP model beyond the backbone (text tower,
+            projection, logit scale).
     """
 
     encode: Callable[[torch.Tensor], torch.Tensor]
@@ -61,6 +63,7 @@ class ClipText:
     projection: torch.Tensor
     logit_scale: float
     source: str
+    num_parameters: int = 0
 
 
 def open_clip_name(backbone: Backbone, key: str = "finetune") -> tuple[str, str]:
@@ -109,7 +112,8 @@ def load_clip_text(backbone: Backbone, device: torch.device | str = "cpu") -> Cl
     scale = float(model.logit_scale.detach().exp())
     del model.visual  # the backbone is the image tower
     tokenizer = open_clip.get_tokenizer(name)
-    return ClipText(model.encode_text, lambda prompts: tokenizer(prompts), projection, scale, f"open_clip:{name}/{pretrained}")
+    size = sum(p.numel() for p in model.parameters()) + projection.numel()
+    return ClipText(model.encode_text, lambda prompts: tokenizer(prompts), projection, scale, f"open_clip:{name}/{pretrained}", size)
 
 
 def check_same_image_tower(timm_model: nn.Module, clip_model: nn.Module, source: str) -> None:

@@ -32,7 +32,7 @@ from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
 from tlresearch.finetune.zero_shot import ZeroShotSettings, dataset_templates, prompt_class_names
 from tlresearch.models.classifier import TransferClassifier
-from tlresearch.models.clip_towers import load_clip_text, named_templates
+from tlresearch.models.clip_towers import ClipText, load_clip_text, named_templates
 from tlresearch.protocols.cached_data import cached_datamodule
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.logistic import confusion_matrix, prediction_record
@@ -66,7 +66,7 @@ def run_zero_shot(
     y = test.labels
     head = LinearSolution(weight=clip.logit_scale * text, bias=torch.zeros(len(names), device=device), l2=0.0)
     num_classes = model.hparams.num_classes
-    metrics: dict[str, Any] = {"status": "completed", **model.parameter_counts(), **score(head, x, y, num_classes, "test")}
+    metrics: dict[str, Any] = {"status": "completed", **parameter_counts(model, clip), **score(head, x, y, num_classes, "test")}
     model.test_confusion_matrix = confusion_matrix(head, x, y, num_classes)
     model.test_predictions = prediction_record(head, x, y)
     write_json_atomic(context.output_dir / "zero_shot.json", {
@@ -81,6 +81,14 @@ def run_zero_shot(
         "protocol": f"zero_shot: {clip.source} text tower, {len(templates)} templates ({template_source}), no training",
     })
     return metrics, features
+
+
+def parameter_counts(model: TransferClassifier, clip: ClipText) -> dict[str, Any]:
+    """The classifier's ``params/*`` with the whole CLIP model as the total (image tower, projection,
+    text tower; the unused linear head left out): nothing trains."""
+    counts = model.parameter_counts()
+    total = sum(p.numel() for p in model.backbone.model.parameters()) + clip.num_parameters
+    return {**counts, "params/total": total, "params/trainable": 0, "params/trainable_share": 0.0}
 
 
 def class_words(settings: ZeroShotSettings, dataset: str, classes: list[str]) -> list[str]:
