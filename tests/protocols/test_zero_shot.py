@@ -180,6 +180,14 @@ def test_without_open_clip_the_error_names_the_extra(monkeypatch):
         clip_towers.load_clip_text(fake_backbone())
 
 
+def test_the_open_clip_name_is_one_the_installed_open_clip_lists(monkeypatch):
+    assert clip_towers.open_clip_name(fake_backbone()) == ("ViT-B-16-quickgelu", "openai")
+    monkeypatch.setattr(open_clip, "list_pretrained", lambda: [("ViT-B-16", "openai")])  # versions without -quickgelu/openai
+    assert clip_towers.open_clip_name(fake_backbone()) == ("ViT-B-16", "openai")
+    laion = fake_backbone(architecture="vit_base_patch16_clip_224", tag="laion2b")
+    assert clip_towers.open_clip_name(laion) == ("ViT-B-16", "laion2b_s34b_b88k")
+
+
 def test_image_tower_of_another_model_is_refused():
     timm_like = torch.nn.Module()
     timm_like.norm = torch.nn.LayerNorm(4)

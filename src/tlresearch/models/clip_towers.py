@@ -30,12 +30,13 @@ except ImportError:  # pragma: no cover - depends on the installation
     open_clip = None
 
 #: timm's CLIP image towers with the open_clip model of the same weights:
-#: ``(timm architecture, timm pretrained tag) -> (open_clip model, open_clip pretrained tag)``.
-#: OpenAI's weights were trained with QuickGELU: open_clip's ``-quickgelu`` config builds them
-#: as trained (timm's ``vit_base_patch16_clip_quickgelu_224`` likewise).
-OPEN_CLIP_OF_TIMM: dict[tuple[str, str], tuple[str, str]] = {
-    ("vit_base_patch16_clip_quickgelu_224", "openai"): ("ViT-B-16-quickgelu", "openai"),
-    ("vit_base_patch16_clip_224", "laion2b"): ("ViT-B-16", "laion2b_s34b_b88k"),
+#: ``(timm architecture, timm pretrained tag) -> (open_clip model, open_clip pretrained tag)``, the
+#: first one the installed open_clip lists. OpenAI's weights were trained with QuickGELU: open_clip's
+#: ``-quickgelu`` config builds them as trained (timm's ``vit_base_patch16_clip_quickgelu_224``
+#: likewise); open_clip versions that list them under ``ViT-B-16`` only switch to QuickGELU themselves.
+OPEN_CLIP_OF_TIMM: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("vit_base_patch16_clip_quickgelu_224", "openai"): (("ViT-B-16-quickgelu", "openai"), ("ViT-B-16", "openai")),
+    ("vit_base_patch16_clip_224", "laion2b"): (("ViT-B-16", "laion2b_s34b_b88k"),),
 }
 #: The backbone configs whose towers are in :data:`OPEN_CLIP_OF_TIMM` (for messages).
 CLIP_BACKBONES = ("clip_vitb16", "clip_vitb16_laion")
@@ -81,7 +82,10 @@ def open_clip_name(backbone: Backbone, key: str = "finetune") -> tuple[str, str]
     if backbone.weights is None:
         raise ConfigError(f"backbone.weights=null is invalid with {key}=zero_shot: the CLIP text tower matches the pretrained "
                           "image tower only; use backbone.weights=DEFAULT.")
-    return OPEN_CLIP_OF_TIMM[pair]
+    require_open_clip()
+    candidates = OPEN_CLIP_OF_TIMM[pair]
+    listed = set(open_clip.list_pretrained())
+    return next((c for c in candidates if c in listed), candidates[0])
 
 
 def require_open_clip() -> None:
@@ -95,7 +99,6 @@ def load_clip_text(backbone: Backbone, device: torch.device | str = "cpu") -> Cl
     """The projection, text tower and logit scale of the backbone's CLIP model, from open_clip's
     checkpoint (downloaded into the Hugging Face cache, ``HF_HOME``, on first use)."""
     name, pretrained = open_clip_name(backbone)
-    require_open_clip()
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except RuntimeError as exc:
