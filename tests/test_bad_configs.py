@@ -80,6 +80,8 @@ CASES = [
     ("input-size-negative", ["backbone.input_size=-5"], CONFIG, ["backbone.input_size=-5"]),
     ("gradual-start-zero", ["finetune=gradual", "finetune.start_epoch=0"], CONFIG, ["finetune.start_epoch=0"]),
     ("layer-decay-above-one", ["finetune=layer_decay", "finetune.decay=2"], CONFIG, ["finetune.decay=2"]),
+    ("zero-shot-without-clip", ["finetune=zero_shot"], CONFIG, ["backbone.name='resnet18' is invalid with finetune=zero_shot",
+                                                                "use backbone=clip_vitb16 or backbone=clip_vitb16_laion"]),
     ("dropout-above-one", ["model.dropout=1.5"], CONFIG, ["model.dropout=1.5"]),
     ("unknown-head-init", ["model.head_init=foo"], CONFIG, ["model.head_init='foo'"]),
     ("label-smoothing-one", ["model.label_smoothing=1"], CONFIG, ["model.label_smoothing=1"]),

@@ -25,9 +25,11 @@ from typing import Any
 
 from tlresearch.finetune.base import EpochLoopSettings, ProtocolSettings
 from tlresearch.finetune.logistic import LogisticSettings
+from tlresearch.finetune.zero_shot import ZeroShotSettings
 from tlresearch.protocols.context import RunContext
 from tlresearch.protocols.epoch_loop import run_epoch_loop
 from tlresearch.protocols.logistic import run_logistic
+from tlresearch.protocols.zero_shot import run_zero_shot
 
 #: ``fit(datamodule) -> metrics``: the train task's epoch loop.
 Fit = Callable[[Any], dict[str, Any]]
@@ -42,3 +44,4 @@ def run_protocol(settings: ProtocolSettings, context: RunContext, model: Any, da
 
 run_protocol.register(EpochLoopSettings, run_epoch_loop)
 run_protocol.register(LogisticSettings, run_logistic)
+run_protocol.register(ZeroShotSettings, run_zero_shot)
