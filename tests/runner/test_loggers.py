@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import FAST, REPO, cli_env
-from tests.sweeps.wandb_records import offline_runs
+from tests.sweeps.wandb_records import read_offline_run
 from tlresearch.checkpoints.storage import read_checkpoint
 from tlresearch.runner.loggers import continue_logs, wandb_logger
 
@@ -57,10 +57,13 @@ DDP_RESUMABLE = [*FAST, "backbone.input_size=32", "data=folder", "data.batch_siz
 RESUMED_STEP = 4  # the step of last.ckpt when both ranks kill themselves before step 5
 
 
-def run_ranks(*args: str) -> tuple[int, int, str]:
-    """``python -m tlresearch.train <args>`` in a session of its own: rank 0, which starts rank 1.
-    Waits until every process of it has closed its output. ``(exit status, rank 0's pid, output)``."""
-    proc = subprocess.Popen([sys.executable, "-m", "tlresearch.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+def run_ranks(run_dir: Path, *args: str) -> tuple[int, int, str]:
+    """``python -m tlresearch.train <args>`` into ``run_dir``, in a session of its own: rank 0, which
+    starts rank 1. Waits until every process of it has closed its output. What it passes to
+    ``wandb.log`` goes to ``<run_dir>/wandb_rows.jsonl``. ``(exit status, rank 0's pid, output)``."""
+    recorder = [f"hydra.run.dir={run_dir}", "+callbacks.sent._target_=tests.probes.WandbLogRecorder",
+                f"+callbacks.sent.path={run_dir / 'wandb_rows.jsonl'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "tlresearch.train", *args, *recorder], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=cli_env())
     try:
@@ -87,11 +90,15 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def wandb_rows(run_dir: Path) -> list[list[tuple[int, dict[str, float]]]]:
-    """(step, values) of each history row of each offline W&B run file, in the order written."""
-    def row(history: dict) -> tuple[int, dict[str, float]]:
-        return history["trainer/global_step"], {k: v for k, v in history.items() if not k.startswith("_") and k != "trainer/global_step"}
-    return [[row(h) for h in run.history] for run in offline_runs(run_dir)]
+def sent_to_wandb(run_dir: Path) -> list[tuple[int, int, dict]]:
+    """(rank, step, values) of each row the run passed to ``wandb.log`` (tests.probes.WandbLogRecorder)."""
+    lines = (json.loads(line) for line in (run_dir / "wandb_rows.jsonl").read_text().splitlines())
+    return [(line["rank"], *wandb_row(line["row"])) for line in lines]
+
+
+def wandb_row(row: dict) -> tuple[int, dict]:
+    """(step, values) of a W&B history row (W&B's own ``_step``, ``_runtime``... aside)."""
+    return row["trainer/global_step"], {k: v for k, v in row.items() if not k.startswith("_") and k != "trainer/global_step"}
 
 
 def keys_per_step(rows: list[tuple[int, dict]]) -> Counter:
@@ -104,20 +111,19 @@ def keys_per_step(rows: list[tuple[int, dict]]) -> Counter:
 def test_ddp_resume_from_a_mid_epoch_checkpoint_logs_each_step_once(folder_root, tmp_path):
     common = [*DDP_RESUMABLE, f"data.root={folder_root}"]
     reference_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    code, _, output = run_ranks(*common, f"hydra.run.dir={reference_dir}")
+    code, _, output = run_ranks(reference_dir, *common)
     assert code == 0, output[-3000:]
     assert "GLOBAL_RANK: 1" in output  # two processes really ran
 
     # Both ranks SIGKILL themselves before step 5 (a crash): last.ckpt is step 4's, mid-epoch 1.
-    code, killed_pid, output = run_ranks(*common, f"hydra.run.dir={run_dir}", "resume=auto",
+    code, killed_pid, output = run_ranks(run_dir, *common, "resume=auto",
                                          "+callbacks.killer._target_=tests.probes.KillAtStep", "+callbacks.killer.at_step=5")
     assert code == -signal.SIGKILL, output[-3000:]
     at_kill = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert (at_kill["global_step"], at_kill["epoch"]) == (RESUMED_STEP, 1)
-    killed_wandb = wandb_rows(run_dir)
-    code, resumed_pid, output = run_ranks(*common, f"hydra.run.dir={run_dir}", "resume=auto")
+    killed_sent = [row[1:] for row in sent_to_wandb(run_dir)]
+    code, resumed_pid, output = run_ranks(run_dir, *common, "resume=auto")
     assert code == 0, output[-3000:]
-    assert "restarts from its first batch" in output  # a mid-epoch resume under DDP (README: not exact)
     resumed, reference = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference_dir))
     assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"] == 6
 
@@ -139,16 +145,20 @@ def test_ddp_resume_from_a_mid_epoch_checkpoint_logs_each_step_once(folder_root,
     event_pids = {int(f.name.split(".")[-2]) for f in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
     assert event_pids <= {killed_pid, resumed_pid}  # written by rank 0 alone
 
-    # W&B: one run, continued (the killed part's file, then the resumed part's, same id); rank 1
-    # started none. It cannot drop what the killed part logged after last.ckpt, so it keeps
-    # those values and logs the rest: the LR of step 5 came before the kill, the loss of step 5
-    # (and the epoch's validation) after the resume.
-    parts = wandb_rows(run_dir)
-    assert len(parts) == 2 and parts[0] == killed_wandb[0]
-    assert len({run.run_id for run in offline_runs(run_dir)}) == 1
-    (expected_wandb,) = wandb_rows(reference_dir)
-    assert keys_per_step(parts[0] + parts[1]) == keys_per_step(expected_wandb)
-    assert max(keys_per_step(parts[0] + parts[1]).values()) == 1
-    assert all(row in expected_wandb for row in parts[0])  # the killed part: the uninterrupted values
-    assert any(step == RESUMED_STEP + 1 for step, _ in parts[0])  # ... some of step 5 among them
-    assert all(value == in_csv[step, key] for step, values in parts[1] for key, value in values.items())
+    # W&B: one run, continued. It cannot drop what the killed part sent after last.ckpt, so it
+    # keeps those values and sends the rest: the LR of step 5 came before the kill, the loss of
+    # step 5 (and the epoch's validation) after the resume. Rank 1 sent nothing.
+    sent, expected_sent = sent_to_wandb(run_dir), sent_to_wandb(reference_dir)
+    assert {rank for rank, _, _ in sent + expected_sent} == {0}
+    sent, expected_sent = [row[1:] for row in sent], [row[1:] for row in expected_sent]
+    assert keys_per_step(sent) == keys_per_step(expected_sent) and max(keys_per_step(sent).values()) == 1
+    assert sent[:len(killed_sent)] == killed_sent and all(row in expected_sent for row in killed_sent)  # uninterrupted values
+    assert any(step == RESUMED_STEP + 1 for step, _ in killed_sent)  # ... some of step 5 among them
+    resumed_part = sent[len(killed_sent):]
+    assert all(value == in_csv[step, key] for step, values in resumed_part for key, value in values.items())
+    # The W&B files: the killed part's run (whose records W&B's service may not have saved
+    # before it died with its process), continued by the resumed part's with the same id, which
+    # holds what that part sent.
+    killed_file, resumed_file = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert killed_file.name == resumed_file.name and killed_file.parent != resumed_file.parent
+    assert [wandb_row(row) for row in read_offline_run(resumed_file).history] == resumed_part
