@@ -4,8 +4,8 @@ whose metrics.csv survives a resume.
 A resumed run (``resume=auto``, ``ckpt_path``) replays the steps between its checkpoint and the
 interruption; :func:`continue_logs` makes every logger record each step once: CSV keeps the rows
 before the resumed step, TensorBoard purges the events from it on (``purge_step``), and W&B
-continues the same run (its id is kept in ``<run dir>/wandb_run_id``) and skips the steps it
-already logged.
+continues the same run (its id, the last step logged and the keys logged at it are kept in
+``<run dir>/wandb_run_id``) and skips what it already logged.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class ReportingWandbLogger(WandbLogger):
         if step is not None and self._logged_before_resume(step, metrics):
             return  # replayed after a resume: W&B has these values from the interrupted run
         super().log_metrics(metrics, step)
-        if step is None:
+        if step is None or step < self._step:
             return
-        if step != self._step:
+        if step > self._step:
             self._step, self._keys = step, set()
         if not self._keys.issuperset(metrics):  # one write per dict that adds keys (a few per step)
             self._keys.update(metrics)
