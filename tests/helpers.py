@@ -46,11 +46,19 @@ def compose_cfg(config_name: str, overrides: list[str], out_dir: Path) -> DictCo
     return cfg
 
 
+def cli_env(env: dict | None = None) -> dict[str, str]:
+    """The environment of a command a user would run: this one, without the W&B service that a W&B
+    test in this process started (``WANDB_SERVICE``: sharing it, a killed run's W&B run stays open
+    and the resumed one is refused with "run ID ... is in use")."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("WANDB_SERVICE", None)
+    return full_env
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m <module> <args>`` in a subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-m", module, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=cli_env(env)
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 
 
 class BlockChangeProbe(pl.Callback):
@@ -144,3 +146,28 @@ class TermAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class WandbLogRecorder(pl.Callback):
+    """Appends each row that the W&B logger passes to ``wandb.log``, with the rank that passed it,
+    to ``path`` (a JSON line each, written at once, so a SIGKILL keeps them): what the run sent to
+    W&B, whether or not W&B's own service had saved it when the process died."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._wrapped = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if self._wrapped or not wandb_loggers:
+            return
+        self._wrapped = True
+        run, rank = wandb_loggers[0].experiment, trainer.global_rank
+        send = run.log
+
+        def log(row: dict, *args, **kwargs):
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"rank": rank, "row": row}, default=str) + "\n")
+            return send(row, *args, **kwargs)
+
+        run.log = log

@@ -278,7 +278,7 @@ def test_a_resumed_wandb_run_continues_the_same_run_and_skips_logged_steps(tmp_p
         first.log_metrics({"train/loss": float(step)}, step=step)
     run_id = first.experiment.id
     first.experiment.finish()
-    assert json.loads((tmp_path / "wandb_run_id").read_text()) == {"id": run_id, "step": 3}
+    assert json.loads((tmp_path / "wandb_run_id").read_text()) == {"id": run_id, "step": 3, "keys": ["train/loss"]}
 
     resumed = wandb_logger(str(tmp_path), offline=True)
     continue_logs([resumed], 2)  # resumed from step 2's checkpoint: steps 2 and 3 are replayed

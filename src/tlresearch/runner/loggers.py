@@ -4,8 +4,8 @@ whose metrics.csv survives a resume.
 A resumed run (``resume=auto``, ``ckpt_path``) replays the steps between its checkpoint and the
 interruption; :func:`continue_logs` makes every logger record each step once: CSV keeps the rows
 before the resumed step, TensorBoard purges the events from it on (``purge_step``), and W&B
-continues the same run (its id is kept in ``<run dir>/wandb_run_id``) and skips the steps it
-already logged.
+continues the same run (its id, the last step logged and the keys logged at it are kept in
+``<run dir>/wandb_run_id``) and skips what it already logged.
 """
 
 from __future__ import annotations
@@ -58,10 +58,12 @@ class ReportingWandbLogger(WandbLogger):
         self.prediction_rows = int(prediction_rows)
         self.prediction_image_size = int(prediction_image_size)
         self._run_file = Path(self.save_dir or ".") / self.RUN_FILE
-        # A resumed run skips the steps up to this one: the interrupted run logged them. Only a
-        # resume sets it: within a run Lightning logs several dicts at one step (train, val, epoch).
-        self._skip_through = -1
-        self._remembered = -1  # the step last written to RUN_FILE (one write per step, not per dict)
+        # Lightning logs several dicts at one step (the LR at the batch's start, the loss at its end,
+        # validation and epoch averages at an epoch's end), and a run killed in between has logged
+        # some of them: RUN_FILE keeps the last step logged *and the keys logged at it*. A resume
+        # skips the steps before that one, and at it the dicts whose keys were all logged.
+        self._resumed_step, self._resumed_keys = -1, frozenset()
+        self._step, self._keys = -1, set()  # the step last logged and its keys (what RUN_FILE holds)
 
     def continue_run(self) -> None:
         """Continue the W&B run of this run directory (its id in ``wandb_run_id``): called on a
@@ -75,19 +77,29 @@ class ReportingWandbLogger(WandbLogger):
             return  # no W&B run yet (killed before its first log), or an unreadable file: a new one
         self._id = self._wandb_init["id"] = run_id
         self._wandb_init["resume"] = "allow"
-        self._skip_through = int(saved.get("step", -1))
+        self._step, self._keys = int(saved.get("step", -1)), set(saved.get("keys", ()))
+        self._resumed_step, self._resumed_keys = self._step, frozenset(self._keys)
 
     def log_metrics(self, metrics: Any, step: int | None = None) -> None:
-        if step is not None and step <= self._skip_through:
-            return  # replayed after a resume: W&B has this step from the interrupted run
+        if step is not None and self._logged_before_resume(step, metrics):
+            return  # replayed after a resume: W&B has these values from the interrupted run
         super().log_metrics(metrics, step)
-        if step is not None and step > self._remembered:
-            self._remembered = step
-            self._remember(step)
+        if step is None or step < self._step:
+            return
+        if step > self._step:
+            self._step, self._keys = step, set()
+        if not self._keys.issuperset(metrics):  # one write per dict that adds keys (a few per step)
+            self._keys.update(metrics)
+            self._remember()
+
+    def _logged_before_resume(self, step: int, metrics: Any) -> bool:
+        """True for a dict the interrupted run logged: any at a step before its last, and at its
+        last one a dict whose keys it all logged there."""
+        return step < self._resumed_step or (step == self._resumed_step and self._resumed_keys.issuperset(metrics))
 
     @rank_zero_only
-    def _remember(self, step: int) -> None:
-        write_json_atomic(self._run_file, {"id": self.experiment.id, "step": step})
+    def _remember(self) -> None:
+        write_json_atomic(self._run_file, {"id": self.experiment.id, "step": self._step, "keys": sorted(self._keys)})
 
 
 def wandb_logger(
