@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from tests.helpers import FAST, compose_cfg, run_cli
 from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
@@ -29,6 +29,7 @@ from tlresearch.data.sampler import (
     ResumableTrainData,
     SeededDataset,
     SeededIndex,
+    restore_position,
     shuffled_loader,
 )
 from tlresearch.models.classifier import TransferClassifier, load_classifier
@@ -137,6 +138,33 @@ def test_sampler_yields_seeded_indices_and_keeps_random_sampler_semantics():
     items = list(sampler)
     assert all(isinstance(item, SeededIndex) for item in items)
     assert sorted(item.index for item in items) == list(range(7)) and len(sampler) == 7
+
+
+def test_under_ddp_each_process_takes_its_shard_of_the_same_seeded_order(caplog):
+    world, n = 3, 10
+    single = ResumableRandomSampler(range(n), seed=4)
+    single.set_epoch(2)
+    shards = []
+    for rank in range(world):
+        sampler = ResumableRandomSampler(range(n), seed=4, num_replicas=world, rank=rank)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+        assert isinstance(sampler, DistributedSampler) and len(sampler) == 4  # Lightning keeps it; ceil(10 / 3)
+    # DistributedSampler's layout over the single-process order: positions r, r + W, ... of it,
+    # padded with its first images; each image keeps its own augmentation seed.
+    padded = list(single) + list(single)[:2]
+    assert shards == [padded[rank::world] for rank in range(world)]
+    # A shard resumes mid-epoch where its process stopped ...
+    stopped = ResumableRandomSampler(range(n), seed=4, num_replicas=world, rank=1)
+    stopped.set_progress(2, 3)
+    rank1 = ResumableRandomSampler(range(n), seed=0, num_replicas=world, rank=1)
+    resumed = ResumableDataLoader(SeededDataset(RandomDraws()), sampler=rank1)
+    restore_position(resumed, stopped.state_dict())
+    assert list(resumed.sampler) == shards[1][3:]
+    # ... and a position saved with another number of processes restarts the epoch, saying so.
+    other = ResumableDataLoader(SeededDataset(RandomDraws()), sampler=ResumableRandomSampler(range(n), seed=0, num_replicas=2, rank=1))
+    restore_position(other, stopped.state_dict())
+    assert len(list(other.sampler)) == 5 and "restarts from its first batch" in caplog.text
 
 
 # ---------------------------------------------------------------------------------- end to end

@@ -98,8 +98,8 @@ class ResumeState(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._set_progress(trainer, trainer.current_epoch, 0)
-        # Lightning sets the epoch of the loader's own sampler; under DDP our sampler sits inside
-        # Lightning's DistributedSamplerWrapper, which does not pass it on.
+        # Lightning sets the epoch of the loader's sampler too; set here as well so that the order
+        # never depends on whether Lightning found it.
         sampler = resumable_sampler_of(trainer.train_dataloader)
         if sampler is not None:
             sampler.set_epoch(trainer.current_epoch)

@@ -32,13 +32,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Iterator, Sized
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +108,39 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-class ResumableRandomSampler(RandomSampler):
-    """Shuffles without replacement; epoch ``e``'s order depends only on ``(seed, e)``.
+class ResumableRandomSampler(DistributedSampler):
+    """Shuffles without replacement; epoch ``e``'s order depends only on ``(seed, e)``; under DDP
+    each process takes its shard of that order.
 
     Lightning calls :meth:`set_epoch` before each epoch. Yields :class:`SeededIndex` items, to
     be read through a :class:`SeededDataset`. It also holds the training position
-    (:meth:`set_progress`, :meth:`state_dict`); :meth:`load_state_dict` makes the next iteration
-    (only) start where that position left off. ``len()`` is always the whole epoch's, as
-    Lightning expects of a resumed loader.
+    (:meth:`set_progress`, :meth:`state_dict`: samples of this process's shard trained on);
+    :meth:`load_state_dict` makes the next iteration (only) start where that position left
+    off. ``len()`` is always the whole epoch's shard, as Lightning expects of a resumed loader.
+
+    It is a ``DistributedSampler`` so that Lightning keeps it under DDP: Lightning replaces a
+    ``RandomSampler`` by a plain ``DistributedSampler(dataset)`` (losing the seeded order, the
+    augmentation seeds and the position) and wraps any other sampler into a
+    ``DistributedSamplerWrapper`` that indexes a full epoch (a resumed, shorter one breaks it).
+    The shards are ``DistributedSampler``'s: the epoch's order padded with its first samples to
+    a multiple of the number of processes, process ``r`` taking positions ``r, r + W, ...``.
+    ``num_replicas`` and ``rank`` default to the initialised process group's (1 and 0 without
+    one), read when the sampler is built (the training loader is built after DDP starts).
     """
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)  # type: ignore[arg-type]
+    def __init__(self, data_source: Sized, seed: int, *, num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        world = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        # DistributedSampler.__init__ needs a process group; these are the attributes it sets.
+        self.dataset, self.data_source = data_source, data_source
+        self.num_replicas = int(world)
+        self.rank = int(rank if rank is not None else (dist.get_rank() if distributed else 0))
+        self.shuffle, self.drop_last = True, False
+        self.num_samples = math.ceil(len(data_source) / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
         self.seed = int(seed)
         self.epoch = 0
-        self.progress: tuple[int, int] = (0, 0)  # (epoch, samples of it trained on)
+        self.progress: tuple[int, int] = (0, 0)  # (epoch, samples of this shard trained on)
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -128,12 +148,12 @@ class ResumableRandomSampler(RandomSampler):
         self.epoch = int(epoch)
 
     def set_progress(self, epoch: int, samples_done: int) -> None:
-        """Record that the first ``samples_done`` samples of epoch ``epoch`` have been trained on."""
+        """Record that the first ``samples_done`` samples of this shard of epoch ``epoch`` have been trained on."""
         self.progress = (int(epoch), int(samples_done))
 
     def state_dict(self) -> dict[str, int]:
         epoch, done = self.progress
-        return {"seed": self.seed, "epoch": epoch, "samples_done": done}
+        return {"seed": self.seed, "epoch": epoch, "samples_done": done, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict[str, Any], *, skip: bool = True) -> None:
         """Continue from ``state``: its seed and epoch, and (with ``skip``) the next iteration
@@ -147,49 +167,52 @@ class ResumableRandomSampler(RandomSampler):
         self._skip = done if skip else 0
 
     def order(self, epoch: int) -> list[int]:
-        """The permutation of epoch ``epoch``."""
+        """The permutation of epoch ``epoch`` (the whole dataset, before sharding)."""
         generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         return torch.randperm(len(self.data_source), generator=generator).tolist()
+
+    def shard(self, epoch: int) -> list[int]:
+        """This process's part of epoch ``epoch``'s order (all of it in a single process)."""
+        order = self.order(epoch)
+        padded = (order * math.ceil(self.total_size / max(len(order), 1)))[: self.total_size]
+        return padded[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
         # Computed now rather than lazily, so the epoch and skip in force at iter() time apply
         # (worker processes start consuming at once, before the first batch is requested).
         epoch, skip = self.epoch, self._skip
         self._skip = 0
-        items = [SeededIndex(i, mix_seed(self.seed, epoch, i)) for i in self.order(epoch)[skip:]]
+        items = [SeededIndex(i, mix_seed(self.seed, epoch, i)) for i in self.shard(epoch)[skip:]]
         return iter(items)
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return self.num_samples
 
 
 def resumable_sampler_of(loader: Any) -> ResumableRandomSampler | None:
-    """The :class:`ResumableRandomSampler` behind ``loader``: its sampler, or the sampler Lightning
-    wrapped into a ``DistributedSamplerWrapper`` under DDP (``None`` when there is none)."""
+    """The :class:`ResumableRandomSampler` behind ``loader`` (``None`` when there is none)."""
     sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, ResumableRandomSampler):
-        return sampler
-    inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)  # lightning_fabric's _DatasetSamplerWrapper
-    return inner if isinstance(inner, ResumableRandomSampler) else None
+    return sampler if isinstance(sampler, ResumableRandomSampler) else None
 
 
 def restore_position(loader: Any, state: dict[str, Any]) -> None:
     """Make ``loader``'s next iteration continue from the position ``state``.
 
-    Under DDP each process iterates a shard of the order, so skipping a prefix of the whole
-    order would not skip the samples this process trained on: the epoch restarts instead, with
-    a warning.
+    A position saved with another number of processes counts samples of other shards: the epoch
+    restarts instead, with a warning.
     """
     sampler = resumable_sampler_of(loader)
     if sampler is None:
         return
-    unsharded = sampler is getattr(loader, "sampler", None)
-    sampler.load_state_dict(state, skip=unsharded)
-    if not unsharded and sampler.progress[1]:
+    saved_world = int(state.get("num_replicas", 1))
+    same_shards = saved_world == sampler.num_replicas
+    sampler.load_state_dict(state, skip=same_shards)
+    if not same_shards and sampler.progress[1]:
         log.warning(
-            "Resuming mid-epoch under a distributed sampler: epoch %d restarts from its first batch, so its first "
-            "%d samples are seen twice. Resume from an end-of-epoch checkpoint for an exact continuation.",
-            *sampler.progress,
+            "Resuming mid-epoch with %d processes from a checkpoint written by %d: epoch %d restarts from its first batch, "
+            "so samples already trained on are seen again. Resume with the same number of processes (or from an "
+            "end-of-epoch checkpoint) for an exact continuation.",
+            sampler.num_replicas, saved_world, sampler.progress[0],
         )
 
 
