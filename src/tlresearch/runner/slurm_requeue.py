@@ -11,9 +11,9 @@ first stops the trainer exactly as SIGTERM does (the step in progress finishes, 
 writes ``last.ckpt``, Lightning raises ``SIGTERMException``, see ``checkpoints/resume.py``);
 :func:`~tlresearch.runner.entry.run_task` then calls :meth:`PreemptionNotice.hand_over`, which runs
 submitit's own handler: re-pickle, ``scontrol requeue``, exit. Outside a trainer (data preparation,
-feature extraction) submitit's handler runs at once, as before. :class:`SlurmLauncher` (the
-``_target_`` of ``conf/hydra/launcher/slurm.yaml``) re-pickles the job with ``resume=auto``, so
-the requeued job continues from that ``last.ckpt``.
+feature extraction) submitit's handler runs at once, as before. SLURM starts the requeued job
+with the same submission and ``SLURM_RESTART_COUNT`` >= 1 (:func:`requeued_by_slurm`): ``train``
+then continues from the run directory's ``last.ckpt`` as with ``resume=auto``.
 
 Why not Lightning's own SLURM auto-requeue: it listens to ``SIGUSR1`` only when nothing else
 handles it (submitit's job runner handles its own signal first), writes its ``hpc_ckpt`` from
@@ -23,13 +23,13 @@ inside the signal handler (mid-step, not at a step boundary) and does not stop t
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from submitit import JobEnvironment
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,7 @@ class PreemptionNotice:
         return None
 
 
-class SlurmLauncher(submitit_launcher.SlurmLauncher):
-    """hydra-submitit-launcher's SLURM launcher whose requeued job continues with ``resume=auto``."""
-
-    def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
-        """The job submitit requeues: the same overrides, ``resume=auto`` instead of any ``resume``."""
-        kept = [o for o in sweep_overrides if o.lstrip("+~").split("=", 1)[0] != "resume"]
-        return super().checkpoint([*kept, "resume=auto"], *args, **kwargs)
+def requeued_by_slurm() -> int:
+    """How many times SLURM has requeued (restarted) this job: ``SLURM_RESTART_COUNT``, 0 outside SLURM."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(count) if count.isdigit() else 0
