@@ -276,72 +276,74 @@ def test_sigterm_writes_last_ckpt_exits_143_and_resumes_to_the_uninterrupted_res
 
 
 def fake_slurm(bin_dir: Path, scontrol_log: Path) -> dict[str, str]:
-    """SLURM's commands, faked on PATH: ``sbatch`` accepts job 4242, ``sacct`` knows nothing
-    (submitit then waits for the job's result file), ``scontrol`` records its arguments."""
+    """SLURM's commands, faked on PATH: ``sbatch`` accepts job 4242, ``srun`` runs its command here,
+    ``sacct`` knows nothing (submitit then waits for the job's result file), ``scontrol`` records its
+    arguments."""
     bin_dir.mkdir()
-    tools = {"sbatch": "echo 'Submitted batch job 4242'", "srun": "exit 1", "sacct": "exit 0",
-             "scontrol": f"echo \"$@\" >> {scontrol_log}"}
+    tools = {"sbatch": "echo 'Submitted batch job 4242'",
+             "srun": 'while [ "${1#--}" != "$1" ]; do [ "$1" = --unbuffered ] && shift || shift 2; done; exec "$@"',
+             "sacct": "exit 0", "scontrol": f'echo "$@" >> {scontrol_log}'}
     for name, body in tools.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-def run_slurm_task(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """What submitit's sbatch script runs on the node for task 0 of array job 4242_0 (one task, one node)."""
-    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4243", "SLURM_ARRAY_JOB_ID": "4242",
-             "SLURM_ARRAY_TASK_ID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+def run_slurm_job(script: Path, env: dict[str, str], restarts: int) -> subprocess.CompletedProcess:
+    """SLURM running submitit's sbatch script as job 4242 (one task on one node), for the ``restarts``-th time."""
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
              "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1",
-             "SLURM_NODELIST": "localhost", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-u", "-m", "submitit.core._submit", str(folder)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **env, **slurm})
+             "SLURM_NODELIST": "localhost", "SLURM_RESTART_COUNT": str(restarts), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(["bash", str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env, **slurm})
 
 
 @pytest.mark.slow
 def test_slurm_warning_writes_last_ckpt_requeues_and_the_requeued_job_ends_as_uninterrupted(folder_root, tmp_path, uninterrupted):
-    """hydra/launcher=slurm, offline: the sweep is submitted through the launcher and submitit (fake
-    sbatch); its job runs as SLURM would start it, gets SLURM's warning (SIGUSR2) mid-epoch, writes
-    last.ckpt and requeues itself (fake scontrol); the requeued job, started again, ends as an
-    uninterrupted run and the sweep command collects its result."""
+    """hydra/launcher=slurm, offline: the sweep submits its job through the launcher and submitit
+    (fake sbatch); the job runs submitit's sbatch script, gets SLURM's warning (SIGUSR2) mid-epoch,
+    writes last.ckpt and requeues itself (fake scontrol); the requeued job, started again as SLURM
+    would, ends as an uninterrupted run and the sweep command collects its result."""
     reference_dir, reference = uninterrupted
     scontrol_log = tmp_path / "scontrol.log"
     env = fake_slurm(tmp_path / "bin", scontrol_log)
     sweep = tmp_path / "sweep"
-    folder = sweep / ".submitit" / "%j"
     sweep_cmd = [sys.executable, "-m", "tlresearch.train", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
-                 "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=1",  # a time-out: requeued once
+                 "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=1",  # at the time limit: requeued once
                  *RESUMABLE, f"data.root={folder_root}",
                  "+callbacks.term._target_=tests.probes.TermAtStep", "+callbacks.term.at_step=6", "+callbacks.term.signum=SIGUSR2"]
+    job = sweep / ".submitit" / "4242"
     with subprocess.Popen(sweep_cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as launcher:
         try:
-            pickle = sweep / ".submitit" / "4242_0" / "4242_0_submitted.pkl"
             for _ in range(600):
-                if pickle.exists() or launcher.poll() is not None:
+                if (job / "4242_submitted.pkl").exists() or launcher.poll() is not None:
                     break
                 time.sleep(0.1)
-            assert pickle.exists(), launcher.communicate()[0][-3000:]
-            assert "#SBATCH --signal=USR2@120" in next((sweep / ".submitit").glob("*/submission_file_*.sh"), pickle).read_text()
+            assert (job / "4242_submitted.pkl").exists(), "the sweep submitted no job"
+            script = job / "4242_submission.sh"
+            assert "#SBATCH --signal=USR2@120" in script.read_text()
 
             # SIGUSR2 during step 7, mid-epoch 1: last.ckpt after it, then submitit requeues (exit -1).
-            first = run_slurm_task(folder, env)
+            first = run_slurm_job(script, env, restarts=0)
             assert first.returncode == 255, first.stderr[-3000:]
-            assert scontrol_log.read_text().split() == ["requeue", "4242_0"]
+            assert scontrol_log.read_text().split() == ["requeue", "4242"]
             run_dir = sweep / "0"
             assert read_last(run_dir)["global_step"] == 7
             record = json.loads((run_dir / "metrics.json").read_text())
             assert record["status"] == "interrupted" and "requeue" in record["error"]
-            assert not (pickle.parent / "4242_0_0_result.pkl").exists()  # not over: submitit waits for the requeued job
+            assert not (job / "4242_0_result.pkl").exists()  # not over: submitit waits for the requeued job
 
-            # SLURM starts the requeued job: the pickle submitit wrote again, now with resume=auto.
-            second = run_slurm_task(folder, {**env, "SLURM_RESTART_COUNT": "1"})
+            # SLURM starts the requeued job: the same script and the submission submitit pickled again.
+            second = run_slurm_job(script, env, restarts=1)
             assert second.returncode == 0, second.stderr[-3000:]
-            assert scontrol_log.read_text().split() == ["requeue", "4242_0"]  # no second requeue
+            assert scontrol_log.read_text().split() == ["requeue", "4242"]  # not requeued again
             output, _ = launcher.communicate(timeout=120)
             assert launcher.returncode == 0, output[-3000:]
         finally:
             if launcher.poll() is None:
                 launcher.kill()
+                print(launcher.communicate()[0][-3000:])
     assert_same_end(run_dir, json.loads((run_dir / "metrics.json").read_text()), reference_dir, reference)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
