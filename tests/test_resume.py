@@ -14,16 +14,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import submitit
 import torch
+from hydra.core.utils import JobReturn, JobStatus
 from torch.utils.data import Dataset
 
-from tests.helpers import FAST, REPO, compose_cfg, run_cli
+from tests.helpers import FAST, REPO, compose_cfg, run_cli, run_in_process
 from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
 from tlresearch.checkpoints.storage import read_checkpoint
 from tlresearch.core.errors import ConfigError
@@ -299,51 +299,46 @@ def run_slurm_job(script: Path, env: dict[str, str], restarts: int) -> subproces
 
 
 @pytest.mark.slow
-def test_slurm_warning_writes_last_ckpt_requeues_and_the_requeued_job_ends_as_uninterrupted(folder_root, tmp_path, uninterrupted):
+def test_slurm_warning_writes_last_ckpt_requeues_and_the_requeued_job_ends_as_uninterrupted(
+        folder_root, tmp_path, uninterrupted, monkeypatch, capsys):
     """hydra/launcher=slurm, offline: the sweep submits its job through the launcher and submitit
     (fake sbatch); the job runs submitit's sbatch script, gets SLURM's warning (SIGUSR2) mid-epoch,
     writes last.ckpt and requeues itself (fake scontrol); the requeued job, started again as SLURM
-    would, ends as an uninterrupted run and the sweep command collects its result."""
+    would, ends as an uninterrupted run, and submitit reads its result."""
     reference_dir, reference = uninterrupted
     scontrol_log = tmp_path / "scontrol.log"
     env = fake_slurm(tmp_path / "bin", scontrol_log)
     sweep = tmp_path / "sweep"
-    sweep_cmd = [sys.executable, "-m", "tlresearch.train", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
-                 "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=1",  # at the time limit: requeued once
-                 *RESUMABLE, f"data.root={folder_root}",
-                 "+callbacks.term._target_=tests.probes.TermAtStep", "+callbacks.term.at_step=6", "+callbacks.term.signum=SIGUSR2"]
-    job = sweep / ".submitit" / "4242"
-    with subprocess.Popen(sweep_cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as launcher:
-        try:
-            for _ in range(600):
-                if (job / "4242_submitted.pkl").exists() or launcher.poll() is not None:
-                    break
-                time.sleep(0.1)
-            assert (job / "4242_submitted.pkl").exists(), "the sweep submitted no job"
-            script = job / "4242_submission.sh"
-            assert "#SBATCH --signal=USR2@120" in script.read_text()
+    # The sweep command, in this process; it does not wait for the job (the job runs below).
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setattr(submitit.SlurmJob, "results", lambda job: [JobReturn(status=JobStatus.COMPLETED)])
+    code, output = run_in_process("tlresearch.train", [
+        "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=1",  # at the time limit: requeued once
+        *RESUMABLE, f"data.root={folder_root}",
+        "+callbacks.term._target_=tests.probes.TermAtStep", "+callbacks.term.at_step=6", "+callbacks.term.signum=SIGUSR2",
+    ], capsys)
+    assert code == 0, output[-3000:]
+    script = sweep / ".submitit" / "4242" / "4242_submission.sh"
+    assert "#SBATCH --signal=USR2@120" in script.read_text()
 
-            # SIGUSR2 during step 7, mid-epoch 1: last.ckpt after it, then submitit requeues (exit -1).
-            first = run_slurm_job(script, env, restarts=0)
-            assert first.returncode == 255, first.stderr[-3000:]
-            assert scontrol_log.read_text().split() == ["requeue", "4242"]
-            run_dir = sweep / "0"
-            assert read_last(run_dir)["global_step"] == 7
-            record = json.loads((run_dir / "metrics.json").read_text())
-            assert record["status"] == "interrupted" and "requeue" in record["error"]
-            assert not (job / "4242_0_result.pkl").exists()  # not over: submitit waits for the requeued job
+    # SIGUSR2 during step 7, mid-epoch 1: last.ckpt after it, then submitit requeues (exit -1).
+    first = run_slurm_job(script, env, restarts=0)
+    assert first.returncode == 255, first.stderr[-3000:]
+    assert scontrol_log.read_text().split() == ["requeue", "4242"]
+    run_dir = sweep / "0"
+    assert read_last(run_dir)["global_step"] == 7
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "requeue" in record["error"]
+    job = submitit.SlurmJob(sweep / ".submitit" / "%j", "4242")
+    assert not job.paths.result_pickle.exists()  # not over: submitit waits for the requeued job
 
-            # SLURM starts the requeued job: the same script and the submission submitit pickled again.
-            second = run_slurm_job(script, env, restarts=1)
-            assert second.returncode == 0, second.stderr[-3000:]
-            assert scontrol_log.read_text().split() == ["requeue", "4242"]  # not requeued again
-            output, _ = launcher.communicate(timeout=120)
-            assert launcher.returncode == 0, output[-3000:]
-        finally:
-            if launcher.poll() is None:
-                launcher.kill()
-                print(launcher.communicate()[0][-3000:])
+    # SLURM starts the requeued job: the same script and the submission submitit pickled again.
+    second = run_slurm_job(script, env, restarts=1)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert scontrol_log.read_text().split() == ["requeue", "4242"]  # not requeued again
+    monkeypatch.undo()
+    assert job.result().status == JobStatus.COMPLETED  # what the sweep command collects
     assert_same_end(run_dir, json.loads((run_dir / "metrics.json").read_text()), reference_dir, reference)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
