@@ -34,8 +34,9 @@ class SubmititHandler:
 
 
 @pytest.fixture
-def submitit_handler():
+def submitit_handler(monkeypatch, tmp_path):
     """submitit's handler on SIGUSR2, as its job runner installs it; the signals are restored after."""
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))  # set by submitit's job runner
     previous = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
     handler = SubmititHandler()
     signal.signal(signal.SIGUSR2, handler)
@@ -53,9 +54,13 @@ def test_outside_a_trainer_the_warning_goes_to_submitit_at_once(submitit_handler
     assert signal.getsignal(signal.SIGUSR2) is submitit_handler
 
 
-def test_outside_a_submitit_job_the_signal_is_left_alone():
-    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
-    PreemptionNotice().install().uninstall()
+def test_outside_a_submitit_job_the_signal_is_left_alone(submitit_handler, monkeypatch):
+    monkeypatch.delenv("SUBMITIT_FOLDER")  # someone else's handler on SIGUSR2 (a profiler, ...)
+    notice = PreemptionNotice().install()
+    assert signal.getsignal(signal.SIGUSR2) is submitit_handler and notice.scheduler_handler is None
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    monkeypatch.setenv("SUBMITIT_FOLDER", "x")
+    PreemptionNotice().install().uninstall()  # no handler to put in front of
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
 
 

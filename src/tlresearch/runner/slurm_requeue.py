@@ -39,8 +39,8 @@ class PreemptionNotice:
     """While installed, the scheduler's warning signal stops a running trainer as SIGTERM would
     and is handed to submitit's handler afterwards (:meth:`hand_over`).
 
-    Installed only where submitit's job runner has set a handler for its signal (a submitit
-    job); elsewhere the signal is left alone.
+    Installed only inside submitit's job runner (which sets ``SUBMITIT_FOLDER``) where a handler
+    for its signal is set; elsewhere the signal is left alone.
     """
 
     def __init__(self) -> None:
@@ -51,7 +51,7 @@ class PreemptionNotice:
 
     def install(self) -> PreemptionNotice:
         """Put :meth:`_notice` in front of submitit's handler (no-op outside a submitit job or the main thread)."""
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or "SUBMITIT_FOLDER" not in os.environ:
             return self
         handler = signal.getsignal(self.signum)
         if callable(handler) and handler != self._notice:
