@@ -12,6 +12,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from submitit.core.job_environment import SignalHandler
+from submitit.core.utils import DelayedSubmission
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 from tlresearch.runner.entry import SIGTERM_EXIT_CODE, run_task
 from tlresearch.runner.slurm_requeue import PreemptionNotice
@@ -20,16 +23,13 @@ from tlresearch.train import resume_checkpoint
 
 class SubmititHandler:
     """Stands in for submitit's SIGUSR2 handler: records each call, then exits as submitit does
-    after ``scontrol requeue`` (``sys.exit(-1)``), or raises as it does when it refuses to requeue."""
+    after ``scontrol requeue`` (``sys.exit(-1)``; the real one is run by tests/test_resume.py)."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
-        self.refuse: str | None = None
 
     def __call__(self, signum, frame) -> None:
         self.calls.append(signal.Signals(signum).name)
-        if self.refuse:
-            raise RuntimeError(self.refuse)  # submitit's UncompletedJobError
         sys.exit(-1)
 
 
@@ -64,31 +64,45 @@ def test_outside_a_submitit_job_the_signal_is_left_alone(submitit_handler, monke
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
 
 
-@pytest.mark.parametrize("refuse", [None, "Job not requeued because: timed-out too many times."])
-def test_a_running_trainer_writes_its_checkpoint_before_submitit_requeues(submitit_handler, tmp_path, refuse):
-    submitit_handler.refuse = refuse
-    events: list[str] = []
+def run_stopped_trainer(tmp_path, events: list[str]) -> SystemExit:
+    """run_task of a task that behaves as a trainer receiving SLURM's warning mid-step; its exit."""
 
     def task(cfg):
         # While a trainer runs, Lightning's SIGTERM handler is installed; it marks the run as stopping.
         signal.signal(signal.SIGTERM, lambda signum, frame: events.append(signal.Signals(signum).name))
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert submitit_handler.calls == []  # not yet: the step in progress finishes and writes last.ckpt
-        events.append("last.ckpt")
+        events.append("last.ckpt")  # the step in progress finishes and writes last.ckpt
         raise SIGTERMException  # Lightning's stop after that step
 
     with pytest.raises(SystemExit) as stopped:
         run_task(task, OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}))
-    assert events == ["SIGTERM", "last.ckpt"] and submitit_handler.calls == ["SIGUSR2"]
+    return stopped.value
+
+
+def test_a_running_trainer_writes_its_checkpoint_before_submitit_requeues(submitit_handler, tmp_path):
+    events: list[str] = []
+    submitit_handler.calls = events
+    stopped = run_stopped_trainer(tmp_path, events)
+    assert events == ["SIGTERM", "last.ckpt", "SIGUSR2"]  # submitit's handler last
+    assert stopped.code == -1  # submitit's exit after scontrol requeue
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "requeue" in record["error"]
+    assert signal.getsignal(signal.SIGUSR2) is submitit_handler
+
+
+def test_when_submitit_refuses_to_requeue_the_job_stops_as_on_sigterm(submitit_handler, tmp_path, monkeypatch):
+    """submitit's own handler, at the time limit with no requeue left (max_num_timeout=0)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    delayed = DelayedSubmission(print)
+    delayed.set_timeout(1, 0)  # a 1-minute limit (reached at once), no time-out requeue allowed
+    signal.signal(signal.SIGUSR2, SignalHandler(SlurmJobEnvironment(), None, delayed).checkpoint_and_try_requeue)
+    events: list[str] = []
+    stopped = run_stopped_trainer(tmp_path, events)
+    assert events == ["SIGTERM", "last.ckpt"] and stopped.code == SIGTERM_EXIT_CODE
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["status"] == "interrupted"
-    if refuse:  # no requeue: the job stops as on SIGTERM, and says why
-        assert stopped.value.code == SIGTERM_EXIT_CODE
-        assert "not requeued (Job not requeued because: timed-out too many times.)" in record["error"]
-        assert "resume=auto" in record["error"]
-    else:  # requeued: submitit's exit
-        assert stopped.value.code == -1 and "requeue" in record["error"]
-    assert signal.getsignal(signal.SIGUSR2) is submitit_handler
+    assert "not requeued (Job not requeued because: timed-out too many times.)" in record["error"]
+    assert "resume=auto" in record["error"]
 
 
 def test_a_job_requeued_by_slurm_continues_its_last_checkpoint(tmp_path, monkeypatch):
