@@ -137,15 +137,17 @@ class OptimizerProbe(pl.Callback):
 
 
 class TermAtStep(pl.Callback):
-    """Sends SIGTERM (what SLURM sends before pre-emption or at the time limit) to its own process
-    when training is about to run optimizer step ``at_step``; that step still runs."""
+    """Sends SIGTERM (what SLURM sends before pre-emption or at the time limit), or ``signum``
+    (e.g. ``SIGUSR2``: SLURM's warning to a submitit job), to its own process when training is
+    about to run optimizer step ``at_step``; that step still runs."""
 
-    def __init__(self, at_step: int) -> None:
+    def __init__(self, at_step: int, signum: str = "SIGTERM") -> None:
         self.at_step = at_step
+        self.signum = signal.Signals[signum]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 class WandbLogRecorder(pl.Callback):

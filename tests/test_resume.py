@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import submitit
 import torch
+from hydra.core.utils import JobReturn, JobStatus
 from torch.utils.data import Dataset, DistributedSampler
 
-from tests.helpers import FAST, compose_cfg, run_cli
+from tests.helpers import FAST, REPO, compose_cfg, run_cli, run_in_process
 from tlresearch.checkpoints.resume import capture_rng_states, check_resume_checkpoint, restore_rng_states
 from tlresearch.checkpoints.storage import read_checkpoint
 from tlresearch.core.errors import ConfigError
@@ -297,6 +301,75 @@ def test_sigterm_writes_last_ckpt_exits_143_and_resumes_to_the_uninterrupted_res
         assert scalars(run_dir, tag) == scalars(reference_dir, tag), tag
     steps = [(r["step"], r["epoch"]) for r in read_csv_rows(run_dir)]
     assert steps == [(r["step"], r["epoch"]) for r in read_csv_rows(reference_dir)]
+
+
+def fake_slurm(bin_dir: Path, scontrol_log: Path) -> dict[str, str]:
+    """SLURM's commands, faked on PATH: ``sbatch`` accepts job 4242, ``srun`` runs its command here,
+    ``sacct`` knows nothing (submitit then waits for the job's result file), ``scontrol`` records its
+    arguments."""
+    bin_dir.mkdir()
+    tools = {"sbatch": "echo 'Submitted batch job 4242'",
+             "srun": 'while [ "${1#--}" != "$1" ]; do [ "$1" = --unbuffered ] && shift || shift 2; done; exec "$@"',
+             "sacct": "exit 0", "scontrol": f'echo "$@" >> {scontrol_log}'}
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run_slurm_job(script: Path, env: dict[str, str], restarts: int) -> subprocess.CompletedProcess:
+    """SLURM running submitit's sbatch script as job 4242 (one task on one node), for the ``restarts``-th time."""
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1",
+             "SLURM_NODELIST": "localhost", "SLURM_RESTART_COUNT": str(restarts), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(["bash", str(script)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env, **slurm})
+
+
+@pytest.mark.slow
+def test_slurm_warning_writes_last_ckpt_requeues_and_the_requeued_job_ends_as_uninterrupted(
+        folder_root, tmp_path, uninterrupted, monkeypatch, capsys):
+    """hydra/launcher=slurm, offline: the sweep submits its job through the launcher and submitit
+    (fake sbatch); the job runs submitit's sbatch script, gets SLURM's warning (SIGUSR2) mid-epoch,
+    writes last.ckpt and requeues itself (fake scontrol); the requeued job, started again as SLURM
+    would, ends as an uninterrupted run, and submitit reads its result."""
+    reference_dir, reference = uninterrupted
+    scontrol_log = tmp_path / "scontrol.log"
+    env = fake_slurm(tmp_path / "bin", scontrol_log)
+    sweep = tmp_path / "sweep"
+    # The sweep command, in this process; it does not wait for the job (the job runs below).
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setattr(submitit.SlurmJob, "results", lambda job: [JobReturn(status=JobStatus.COMPLETED)])
+    code, output = run_in_process("tlresearch.train", [
+        "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.timeout_min=1", "hydra.launcher.max_num_timeout=1",  # at the time limit: requeued once
+        *RESUMABLE, f"data.root={folder_root}",
+        "+callbacks.term._target_=tests.probes.TermAtStep", "+callbacks.term.at_step=6", "+callbacks.term.signum=SIGUSR2",
+    ], capsys)
+    assert code == 0, output[-3000:]
+    script = sweep / ".submitit" / "4242" / "4242_submission.sh"
+    assert "#SBATCH --signal=USR2@120" in script.read_text()
+
+    # SIGUSR2 during step 7, mid-epoch 1: last.ckpt after it, then submitit requeues (exit -1).
+    first = run_slurm_job(script, env, restarts=0)
+    assert first.returncode == 255, first.stderr[-3000:]
+    assert scontrol_log.read_text().split() == ["requeue", "4242"]
+    run_dir = sweep / "0"
+    assert read_last(run_dir)["global_step"] == 7
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "requeue" in record["error"]
+    job = submitit.SlurmJob(sweep / ".submitit" / "%j", "4242")
+    assert not job.paths.result_pickle.exists()  # not over: submitit waits for the requeued job
+
+    # SLURM starts the requeued job: the same script and the submission submitit pickled again.
+    second = run_slurm_job(script, env, restarts=1)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert scontrol_log.read_text().split() == ["requeue", "4242"]  # not requeued again
+    monkeypatch.undo()
+    assert job.result().status == JobStatus.COMPLETED  # what the sweep command collects
+    assert_same_end(run_dir, json.loads((run_dir / "metrics.json").read_text()), reference_dir, reference)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["run"]["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
 
 
 def test_a_resumed_wandb_run_continues_the_same_run_and_skips_logged_steps(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.runner.entry import config_dir, run_task
 from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
 from tlresearch.runner.loggers import continue_logs
+from tlresearch.runner.slurm_requeue import requeued_by_slurm
 
 install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
 
@@ -159,8 +160,9 @@ def build_classifier(cfg: DictConfig, num_classes: int, class_names: list[str]) 
 
 
 def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=auto`` this run
-    directory's ``checkpoints/last.ckpt`` when there is one."""
+    """The checkpoint to resume from: ``ckpt_path``, or with ``resume=auto`` (implied in a job
+    SLURM requeued: runner/slurm_requeue.py) this run directory's ``checkpoints/last.ckpt`` when
+    there is one."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         if not path.is_file():
@@ -168,7 +170,9 @@ def resume_checkpoint(cfg: DictConfig, out_dir: Path) -> str | None:
         return str(path)
     resume = cfg.get("resume")
     if resume in (None, False, "none", "null"):
-        return None
+        if not requeued_by_slurm():
+            return None
+        resume = "auto"  # a requeued job never starts its run over: it continues what it wrote before the requeue
     if resume != "auto":
         raise ConfigError(f"resume={resume!r} is invalid: use resume=auto (or ckpt_path=<file> for a given checkpoint).")
     last = out_dir / "checkpoints" / "last.ckpt"

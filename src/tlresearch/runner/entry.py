@@ -24,6 +24,7 @@ from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import write_json_atomic
 from tlresearch.results.wandb_report import finish_open_wandb_run
 from tlresearch.runner.distributed import distributed_job, is_multirun
+from tlresearch.runner.slurm_requeue import PreemptionNotice
 
 log = logging.getLogger("tlresearch")
 
@@ -52,10 +53,12 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
     ``metrics.json`` records ``status: failed`` and the error, and inside a multirun the sweep
     carries on with the next job. A run stopped from outside (Ctrl-C, SIGTERM) records
     ``status: interrupted`` (SIGTERM: exit status 143, after writing ``last.ckpt``); a SIGKILLed
-    one has no record at all (tables show it as missing).
+    one has no record at all (tables show it as missing). Inside a submitit job the scheduler's
+    warning signal stops the run as SIGTERM does, then submitit requeues it (runner/slurm_requeue.py).
     """
     out_dir = Path(cfg.paths.output_dir) if "paths" in cfg else None
     failed = True
+    notice = PreemptionNotice().install()
     try:
         with distributed_job(task):  # DDP ranks of this job only (see runner/distributed.py)
             metrics, _ = task(cfg)
@@ -70,7 +73,13 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
         record_failure(out_dir, "interrupted by the user", status="interrupted")
         raise
     except SystemExit as exc:  # Lightning exits after a graceful Ctrl-C, and stops on SIGTERM with SIGTERMException
-        if _is_interruption(exc):
+        if notice.pending:
+            record_failure(out_dir, notice.describe(), status="interrupted")
+            refused = notice.hand_over()  # submitit requeues the job and exits; it returns only if it refused
+            if refused:
+                record_failure(out_dir, f"interrupted by the scheduler's warning, not requeued ({refused}); "
+                               "continue it with resume=auto", status="interrupted")
+        elif _is_interruption(exc):
             record_failure(out_dir, "interrupted (Ctrl-C or SIGTERM); continue it with resume=auto", status="interrupted")
         else:
             record_failure(out_dir, f"SystemExit: exited with code {exc.code}")
@@ -84,6 +93,7 @@ def run_task(task: Callable[[DictConfig], tuple[dict, dict]], cfg: DictConfig) -
             return None
         raise
     finally:
+        notice.uninstall()
         finish_open_wandb_run(failed)  # a W&B run never carries over into the next job of a sweep
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
