@@ -7,10 +7,11 @@ import os
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.data.folder import ImageFolderDataModule
+from tlresearch.data.sampler import ResumableRandomSampler
 from tlresearch.data.settings import resolve_num_workers
 from tlresearch.data.transforms import Augmentation, Preprocessing
 
@@ -61,7 +62,7 @@ def test_augment_and_preprocessing_accept_hydra_containers(folder_root):
 def test_loaders_follow_the_contract(folder_root, small_pre):
     dm = ImageFolderDataModule(root=str(folder_root), num_workers=2, pin_memory=False, batch_size=4, preprocessing=small_pre)
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and isinstance(val.sampler, SequentialSampler)
+    assert isinstance(train.sampler, ResumableRandomSampler) and train.sampler.shuffle and isinstance(val.sampler, SequentialSampler)
     assert train.persistent_workers and not train.drop_last and train.pin_memory is False
     assert train.batch_size == 4
     no_workers = ImageFolderDataModule(root=str(folder_root), num_workers=0, pin_memory=True)
