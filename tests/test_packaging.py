@@ -38,3 +38,15 @@ def test_wheel_ships_the_configs_and_runs_from_another_directory(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.splitlines()[0].startswith(str(site)), "the installed copy, not the checkout, was imported"
     assert "name: vgg16" in res.stdout and "_target_: tlresearch.models.torchvision_backbones.create_backbone" in res.stdout
+
+
+#: What the optional extras bring (`launchers`, `clip`) and the dev tools: a base install has none.
+OPTIONAL = ("joblib", "submitit", "hydra_plugins", "optuna", "open_clip", "sklearn", "tensorboard", "torchattacks")
+
+
+def test_a_base_install_imports_every_entry_point_without_the_extras():
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in OPTIONAL)  # `import <name>` then raises ImportError
+    code = f"import sys; {blocked}; import tlresearch.train, tlresearch.evaluate, tlresearch.predict, tlresearch.visualize, " \
+           "tlresearch.table, tlresearch.study, tlresearch.cache"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

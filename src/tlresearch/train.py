@@ -41,8 +41,10 @@ from tlresearch.runner.entry import config_dir, run_task
 from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
 from tlresearch.runner.loggers import continue_logs
 from tlresearch.runner.slurm_requeue import requeued_by_slurm
+from tlresearch.runner.submitit_launcher import install as install_resilient_submitit
 
 install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
+install_resilient_submitit()  # ... and on submitit_local / slurm a killed job (runner/submitit_launcher.py)
 
 log = logging.getLogger("tlresearch.train")
 

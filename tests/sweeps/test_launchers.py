@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.helpers import FAST, run_cli
+from tests.helpers import FAST, REPO, run_cli
 from tlresearch.results.records import find_runs
 from tlresearch.runner.entry import config_dir
 
@@ -25,17 +25,22 @@ def compose_with_hydra(overrides: list[str]):
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_of_two_jobs(pets_root: Path, tmp_path: Path) -> None:
+def test_submitit_local_sweep_survives_a_killed_job(pets_root: Path, tmp_path: Path) -> None:
+    """Two jobs, one process each; seed 7's SIGKILLs itself when fitting starts (tests/sweeps/faults.py),
+    as the out-of-memory killer would: the sweep goes on and records it as failed in its directory."""
     result = run_cli("tlresearch.train", "-m", "hydra/launcher=submitit_local", *FAST, "trainer.max_epochs=1",
-                     f"data.root={pets_root}", "data.val_per_class=2", "seed=0,1", cwd=tmp_path)
+                     f"data.root={pets_root}", "data.val_per_class=2", "seed=7,0",
+                     "+callbacks.fault._target_=tests.sweeps.faults.FaultBySeed", "+callbacks.fault.seed=${seed}", cwd=tmp_path,
+                     env={"PYTHONPATH": str(REPO)})  # the jobs import the fault from tests/
     assert result.returncode == 0, result.stderr[-3000:]
     # The default, timestamped sweep directory: every job process lands in the parent's one.
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").glob("*/*")
     assert (sweep / "multirun.yaml").is_file()
     assert len(list((sweep / ".submitit").glob("*/*_0_log.out"))) == 2  # one submitit job each
-    runs = find_runs([sweep])
-    assert sorted(r.config["seed"] for r in runs) == [0, 1]
-    assert [r.status for r in runs] == ["completed", "completed"]
+    killed, done = (json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1"))
+    assert killed["status"] == "failed" and killed["error"].startswith("KilledJob:"), killed
+    assert done["status"] == "completed"
+    assert {r.config["seed"]: r.status for r in find_runs([sweep])} == {7: "failed", 0: "completed"}
 
 
 def test_slurm_launcher_renders_one_task_per_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

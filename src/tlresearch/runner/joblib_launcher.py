@@ -17,17 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, setup_globals
-from joblib import Parallel, delayed
-from joblib.externals.loky.process_executor import TerminatedWorkerError
-from omegaconf import OmegaConf, open_dict
+from hydra.core.utils import JobReturn, setup_globals
 
-from tlresearch.runner.entry import record_failure
+from tlresearch.runner.killed_jobs import job_dir, record_killed
 
-try:  # the launcher plugin is an optional dependency (the `launchers` extra)
+try:  # the launcher plugin and joblib are optional dependencies (the `launchers` extra)
     from hydra_plugins.hydra_joblib_launcher import _core
+    from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 except ImportError:  # pragma: no cover - without the plugin there is nothing to make resilient
     _core = None
 
@@ -88,28 +86,15 @@ def _run_marked(idx: int, overrides: Sequence[str], hydra_context: Any, config: 
     setup_globals()
     Singleton.set_state(singleton_state)
     marker = running / str(idx)
-    marker.write_text(str(_job_dir(idx, overrides, hydra_context, config)))
+    marker.write_text(str(job_dir(idx, overrides, hydra_context, config)))
     try:
         return idx, _core.execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
     finally:  # only a killed process leaves its marker
         marker.unlink(missing_ok=True)
 
 
-def _job_dir(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any) -> Path:
-    """The run directory Hydra gives job ``idx`` (computed as ``execute_job`` and ``run_job`` do)."""
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-        sweep_config.hydra.job.num = idx
-    HydraConfig.instance().set_config(sweep_config)
-    return Path(str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))) / str(OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
-
-
 def _record_killed(overrides: list[str], marker: Path) -> JobReturn:
-    """Record a job killed twice as failed in its own directory; a result the sweep accepts."""
+    """Record a job killed twice as failed in the directory its marker names."""
     out_dir = Path(marker.read_text()) if marker.is_file() else None  # None: killed before it began
     marker.unlink(missing_ok=True)
-    log.error("A job was killed twice (%s): recorded as failed in %s.", " ".join(overrides), out_dir)
-    record_failure(out_dir, KILLED)
-    # COMPLETED without a value, as run_task returns for any failed job: the sweep goes on
-    return JobReturn(overrides=overrides, working_dir=str(out_dir), status=JobStatus.COMPLETED)
+    return record_killed(overrides, out_dir, KILLED)

@@ -30,7 +30,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from submitit import JobEnvironment
+try:  # submitit comes with the `launchers` extra; without it no job runs under submitit
+    from submitit import JobEnvironment
+except ImportError:  # pragma: no cover - depends on the installation
+    JobEnvironment = None
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ class PreemptionNotice:
     """
 
     def __init__(self) -> None:
-        self.signum = signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]  # submitit's: USR2 unless SUBMITIT_PREEMPT_SIGNAL
+        usr_sig = JobEnvironment.USR_SIG if JobEnvironment is not None else "USR2"
+        self.signum = signal.Signals[f"SIG{usr_sig}"]  # submitit's: USR2 unless SUBMITIT_PREEMPT_SIGNAL
         self.scheduler_handler: Callable[[int, FrameType | None], Any] | None = None
         self.pending = False
         self._idle_sigterm: Any = None
