@@ -55,14 +55,6 @@ DDP_RESUMABLE = [*FAST, "backbone.input_size=32", "data=folder", "data.batch_siz
                  "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "logger=[tensorboard,wandb]",
                  "callbacks.last_checkpoint.every_n_train_steps=2", "test_after_fit=false"]
 RESUMED_STEP = 4  # the step of last.ckpt when both ranks kill themselves before step 5
-#: What the classifier averages over a training epoch (models/classifier.py: training_step).
-TRAIN_EPOCH_AVERAGES = ("train/loss_epoch", "train/acc", "train/mean_class_acc", "train/top5")
-
-
-def without_resumed_epoch_averages(rows: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
-    """CSV rows without the training averages of the epoch a run resumed in (from RESUMED_STEP on)."""
-    return [(step, {k: v for k, v in values.items() if step < RESUMED_STEP or k not in TRAIN_EPOCH_AVERAGES})
-            for step, values in rows]
 
 
 def run_ranks(run_dir: Path, *args: str) -> tuple[int, int, str]:
@@ -138,21 +130,19 @@ def test_ddp_resume_from_a_mid_epoch_checkpoint_logs_each_step_once(folder_root,
     # Every logger holds each step once, with the uninterrupted run's values: before the resumed
     # step the interrupted run's, from it on the resumed run's, which continues each process's
     # shard of the epoch where it stopped (data/sampler.py), so it trains exactly as the
-    # uninterrupted run did. The one difference: the resumed epoch's training averages cover the
-    # batches after the resume only (Lightning keeps no logged averages in checkpoints; README).
-    # No (step, metric) is logged twice.
+    # uninterrupted run did; the resumed epoch's training averages include the batches before the
+    # resume (models/epoch_averages.py). No (step, metric) is logged twice.
     rows, expected_rows = csv_rows(run_dir), csv_rows(reference_dir)
     assert [(step, sorted(values)) for step, values in rows] == [(step, sorted(values)) for step, values in expected_rows]
     assert max(keys_per_step(rows).values()) == 1
-    assert without_resumed_epoch_averages(rows) == without_resumed_epoch_averages(expected_rows)
+    assert rows == expected_rows
     in_csv = {(step, key): float(value) for step, values in rows for key, value in values.items()}
 
     scalars, expected_scalars = tensorboard_scalars(run_dir), tensorboard_scalars(reference_dir)
     assert scalars.keys() == expected_scalars.keys() and "train/loss_step" in scalars
     for tag, events in scalars.items():
         assert [step for step, _ in events] == [step for step, _ in expected_scalars[tag]], tag  # once each, in order
-        if tag not in TRAIN_EPOCH_AVERAGES:
-            assert events == expected_scalars[tag], tag
+        assert events == expected_scalars[tag], tag
         assert all(value == torch.tensor(in_csv[step, tag]).item() for step, value in events), tag  # float32 of CSV's
     event_pids = {int(f.name.split(".")[-2]) for f in (run_dir / "tensorboard").glob("events.out.tfevents.*")}
     assert event_pids <= {killed_pid, resumed_pid}  # written by rank 0 alone

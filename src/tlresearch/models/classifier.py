@@ -26,6 +26,7 @@ from tlresearch.core.errors import ConfigError
 from tlresearch.core.instantiate import instantiate_node
 from tlresearch.finetune.base import FreezeSchedule, GroupSpec, Stage
 from tlresearch.finetune.stages import NO_DECAY, enter_stage, stage_index
+from tlresearch.models import epoch_averages
 from tlresearch.models.backbone import Backbone, Block
 from tlresearch.models.backbones import current_backbone_config
 from tlresearch.models.checkpoint_targets import check_checkpoint_targets
@@ -123,7 +124,8 @@ class TransferClassifier(pl.LightningModule):
         self.train_metrics = classification_metrics(num_classes, "train")
         self.val_metrics = classification_metrics(num_classes, "val")
         self.test_metrics = classification_metrics(num_classes, "test")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self._restored_averages: dict | None = None  # of a mid-epoch checkpoint (models/epoch_averages.py)
         self.test_confusion_matrix: torch.Tensor | None = None  # from the gathered record: each test image once
         # The last test's per-image predictions, every rank's gathered (models/predictions.py):
         # {"probs", "labels", "indices" into the test dataset}; predictions.csv, the intervals of
@@ -201,8 +203,11 @@ class TransferClassifier(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # A run resumed mid-epoch does not get on_train_epoch_start for that epoch: apply the
-        # restored epoch's schedule here (a no-op at the start of a fresh run).
+        # restored epoch's schedule here, and continue its running averages (no-ops in a fresh run).
         self.apply_schedule(self.current_epoch)
+        if self._restored_averages is not None:
+            epoch_averages.restore(self._epoch_average_metrics(), self._restored_averages, self.global_rank)
+            self._restored_averages = None
 
     def on_train_epoch_start(self) -> None:
         changes = self.apply_schedule(self.current_epoch)
@@ -218,11 +223,17 @@ class TransferClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A hint to AtomicCheckpointIO, which writes these tensors once (checkpoints/storage.py).
         checkpoint[FROZEN_KEYS] = self.frozen_state_keys()
+        if epoch_averages.mid_training_epoch(self._trainer):  # every process saves together: states summed over them
+            checkpoint[epoch_averages.KEY] = epoch_averages.capture(self._epoch_average_metrics())
         if self.schedule.keeps_pretrained_base and self.backbone.weights is not None:  # checkpoints/partial.py
             self._base_hash = refer_to_base(checkpoint, self.pretrained_base(), self.hparams.backbone, self._base_hash)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         restore_base(checkpoint, self.state_dict(), self.hparams.backbone, "The checkpoint")
+        self._restored_averages = checkpoint.get(epoch_averages.KEY)
+
+    def _epoch_average_metrics(self) -> dict[str, Any]:
+        return {"loss": self.train_loss, **{f"metrics.{name}": metric for name, metric in self.train_metrics.items()}}
 
     def pretrained_base(self) -> dict[str, torch.Tensor]:
         """The backbone's tensors that never train and came with the pretrained network (not the
@@ -279,7 +290,8 @@ class TransferClassifier(pl.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.train_metrics.update(logits.detach(), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.train_loss(loss.detach(), weight=len(y))  # the batch's value, and the epoch's running mean
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
