@@ -38,13 +38,11 @@ from tlresearch.results.run_predictions import record_predictions
 from tlresearch.results.wandb_report import report_and_finish
 from tlresearch.runner.callbacks import ThroughputMonitor
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
+from tlresearch.runner.launchers import install as install_sweep_survival
 from tlresearch.runner.loggers import continue_logs
 from tlresearch.runner.slurm_requeue import requeued_by_slurm
-from tlresearch.runner.submitit_launcher import install as install_resilient_submitit
 
-install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
-install_resilient_submitit()  # ... and on submitit_local / slurm a killed job (runner/submitit_launcher.py)
+install_sweep_survival()  # a sweep (joblib, submitit_local, slurm) survives a killed job (runner/launchers.py)
 
 log = logging.getLogger("tlresearch.train")
 

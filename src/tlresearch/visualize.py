@@ -45,11 +45,9 @@ from tlresearch.imageopt.outputs import write_outputs
 from tlresearch.imageopt.render import log_results
 from tlresearch.results.provenance import provenance_record
 from tlresearch.runner.entry import config_dir, run_task
-from tlresearch.runner.joblib_launcher import install as install_resilient_joblib
-from tlresearch.runner.submitit_launcher import install as install_resilient_submitit
+from tlresearch.runner.launchers import install as install_sweep_survival
 
-install_resilient_joblib()  # a sweep on hydra/launcher=joblib survives a killed worker (runner/joblib_launcher.py)
-install_resilient_submitit()  # ... and on submitit_local / slurm a killed job (runner/submitit_launcher.py)
+install_sweep_survival()  # a sweep (joblib, submitit_local, slurm) survives a killed job (runner/launchers.py)
 
 log = logging.getLogger("tlresearch.visualize")
 

@@ -126,7 +126,6 @@ class TransferClassifier(pl.LightningModule):
         self.test_metrics = classification_metrics(num_classes, "test")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self._restored_averages: dict | None = None  # of a mid-epoch checkpoint (models/epoch_averages.py)
-        self.test_confusion_matrix: torch.Tensor | None = None  # from the gathered record: each test image once
         # The last test's per-image predictions, every rank's gathered (models/predictions.py):
         # {"probs", "labels", "indices" into the test dataset}; predictions.csv, the intervals of
         # metrics.json and the W&B report read them (results/run_predictions.py).
@@ -316,8 +315,13 @@ class TransferClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_predictions = self._test_collector.record(self, self.hparams.num_classes, _dataset_length(self.trainer))
+
+    @property
+    def test_confusion_matrix(self) -> torch.Tensor | None:
+        """The last test's ``[C, C]`` confusion matrix, from :attr:`test_predictions` (each test image
+        once, whichever protocol tested)."""
         record = self.test_predictions
-        self.test_confusion_matrix = None if record is None else confusion_from_record(record, self.hparams.num_classes)
+        return None if record is None else confusion_from_record(record, self.hparams.num_classes)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

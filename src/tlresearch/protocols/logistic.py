@@ -22,7 +22,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from tlresearch.core.errors import ConfigError
 from tlresearch.core.files import atomic_write, write_json_atomic
@@ -79,7 +78,6 @@ def run_logistic(
 
     load_head(model, final)
     test = score(final, *data["test"], num_classes, "test")
-    model.test_confusion_matrix = confusion_matrix(final, *data["test"], num_classes)
     model.test_predictions = prediction_record(final, *data["test"])
     ckpt = save_checkpoint(model, out_dir / "checkpoints" / "last.ckpt", logistic={"l2": final.l2, "refit": settings.refit})
     write_json_atomic(out_dir / "logistic_path.json", {"chosen_index": path.best_index, "points": path.points})
@@ -110,11 +108,6 @@ def load_head(model: TransferClassifier, solution: LinearSolution) -> None:
     with torch.no_grad():
         linear.weight.copy_(solution.weight.to(linear.weight))
         linear.bias.copy_(solution.bias.to(linear.bias))
-
-
-def confusion_matrix(solution: LinearSolution, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    matrix = MulticlassConfusionMatrix(num_classes).to(x.device)
-    return matrix(solution.logits(x), y).cpu()
 
 
 def prediction_record(solution: LinearSolution, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from tlresearch.models.classifier import TransferClassifier
 from tlresearch.models.clip_towers import ClipText, load_clip_text, named_templates
 from tlresearch.protocols.cached_data import cached_datamodule
 from tlresearch.protocols.context import RunContext
-from tlresearch.protocols.logistic import confusion_matrix, prediction_record
+from tlresearch.protocols.logistic import prediction_record
 from tlresearch.protocols.logistic_solver import LinearSolution, score
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ def run_zero_shot(
     head = LinearSolution(weight=clip.logit_scale * text, bias=torch.zeros(len(names), device=device), l2=0.0)
     num_classes = model.hparams.num_classes
     metrics: dict[str, Any] = {"status": "completed", **parameter_counts(model, clip), **score(head, x, y, num_classes, "test")}
-    model.test_confusion_matrix = confusion_matrix(head, x, y, num_classes)
     model.test_predictions = prediction_record(head, x, y)
     write_json_atomic(context.output_dir / "zero_shot.json", {
         "text_tower": clip.source, "logit_scale": clip.logit_scale, "templates_source": template_source,
